@@ -1,0 +1,49 @@
+"""Shared pytest fixtures."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+# Quieter TF logs in tests; set before TensorFlow is imported by any test module.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("MTPSL_SHARED_DIR", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> pathlib.Path:
+    """The authors' PyTorch fixtures (never copied into the project).
+
+    A missing directory is an error, not a skip: parity is part of the product.
+    """
+    path = SHARED / "parity"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"parity fixtures not found at {path}; set MTPSL_SHARED_DIR to the shared/ folder"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity(parity_dir):
+    """Dict of the reference inputs/outputs in `nyuv2_segnet_w8_64x96.npz`."""
+    with np.load(parity_dir / "nyuv2_segnet_w8_64x96.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def parity_weights(parity_dir):
+    """Dict of the reference weights (PyTorch names/layouts) in `..._weights.npz`."""
+    with np.load(parity_dir / "nyuv2_segnet_w8_64x96_weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def splits_dir() -> pathlib.Path:
+    path = SHARED / "data" / "mtpsl_splits"
+    if not path.is_dir():
+        raise FileNotFoundError(f"split files not found at {path}")
+    return path
