@@ -1,0 +1,1 @@
+"""Task modules; importing `mtpsl_tf.tasks.all` fills the TASKS registry."""

@@ -1,0 +1,159 @@
+"""Building blocks shared by the backbones: PyTorch-faithful BatchNorm, conv blocks,
+argmax max-pooling and max-unpooling written with TFLite builtin ops only."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+PACKAGE = "mtpsl_tf"
+
+
+def torch_conv_initializer() -> keras.initializers.Initializer:
+    """Xavier-normal as `torch.nn.init.xavier_normal_` (untruncated, fan_avg)."""
+    return keras.initializers.VarianceScaling(
+        scale=1.0, mode="fan_avg", distribution="untruncated_normal"
+    )
+
+
+def conv2d(filters: int, kernel_size: int, name: str) -> keras.layers.Conv2D:
+    """Conv with bias, 'same' padding (= PyTorch padding k//2), Xavier-normal, zero bias."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        use_bias=True,
+        kernel_initializer=torch_conv_initializer(),
+        bias_initializer="zeros",
+        name=name,
+    )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNorm(keras.layers.Layer):
+    """BatchNorm over the last axis with PyTorch's semantics.
+
+    Training normalises with the batch's biased variance and updates the running
+    variance with the *unbiased* one (Bessel-corrected, as `torch.nn.BatchNorm2d`),
+    which Keras' BatchNormalization does not; inference uses the running statistics.
+    Statistics are computed in float32 whatever the compute dtype.
+
+    Args:
+        epsilon: added to the variance (PyTorch default 1e-5).
+        momentum: PyTorch-style running-average momentum (0.1 = 10% new batch).
+    """
+
+    def __init__(self, epsilon: float = 1e-5, momentum: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.momentum = momentum
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=(channels,), initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=(channels,), initializer="ones", trainable=False, name="moving_variance"
+        )
+
+    def call(self, x, training=False):
+        x32 = tf.cast(x, tf.float32)
+        if training:
+            mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
+            n = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
+            unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
+            self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+        shift = self.beta - mean * scale
+        return tf.cast(x32 * scale + shift, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, momentum=self.momentum)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvBNReLU(keras.layers.Layer):
+    """conv3x3 -> BatchNorm -> ReLU, repeated `depth` times (SegNet's `conv_layer`).
+
+    Args:
+        filters: output channels of every conv.
+        depth: number of conv-BN-ReLU units (2 for the "deep" SegNet variant).
+    """
+
+    def __init__(self, filters: int, depth: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.depth = depth
+        self.convs = [conv2d(filters, 3, name=f"conv{i}") for i in range(depth)]
+        self.norms = [BatchNorm(name=f"bn{i}") for i in range(depth)]
+
+    def call(self, x, training=False):
+        for conv, norm in zip(self.convs, self.norms):
+            x = tf.nn.relu(norm(conv(x), training=training))
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, depth=self.depth)
+        return config
+
+
+def _window_switches(x):
+    """Splits 2x2 windows and returns (positions, first-max one-hot masks).
+
+    x: [B, H, W, C] with even H, W. Returns two lists of 4 tensors [B, H/2, W/2, C]:
+    the window's values in row-major order and masks m_k = (x_k == max) and no
+    earlier m_j: exactly PyTorch's choice of the FIRST maximum, ties included.
+    """
+    channels = x.shape[-1]
+    blocks = tf.nn.space_to_depth(x, 2)  # channel index = (dy * 2 + dx) * C + c
+    parts = [blocks[..., k * channels : (k + 1) * channels] for k in range(4)]
+    peak = tf.maximum(tf.maximum(parts[0], parts[1]), tf.maximum(parts[2], parts[3]))
+    masks, taken = [], None
+    for part in parts:
+        hit = tf.equal(part, peak)
+        mask = hit if taken is None else tf.logical_and(hit, tf.logical_not(taken))
+        taken = mask if taken is None else tf.logical_or(taken, mask)
+        masks.append(tf.cast(mask, x.dtype))
+    return parts, masks
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ArgMaxPool2D(keras.layers.Layer):
+    """2x2/2 max-pool that also returns the switches MaxUnpool2D needs.
+
+    Returns `(pooled [B,H/2,W/2,C], switches [B,H/2,W/2,4C])`, switches being the one-hot
+    (first-maximum) window positions in space_to_depth order. The pooled value is
+    selected by the switch, so its gradient flows to the first maximum only, as in
+    PyTorch. Builtin TFLite ops only; compiles under XLA.
+    """
+
+    def call(self, x):
+        if x.shape[1] is not None and (x.shape[1] % 2 or x.shape[2] % 2):
+            raise ValueError(f"ArgMaxPool2D needs even height and width, got {x.shape}")
+        parts, masks = _window_switches(x)
+        pooled = tf.add_n([p * m for p, m in zip(parts, masks)])
+        return pooled, tf.concat(masks, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaxUnpool2D(keras.layers.Layer):
+    """Inverse of ArgMaxPool2D: puts each value at its window's recorded maximum.
+
+    Inputs `(y [B,h,w,C], switches [B,h,w,4C])` -> `[B,2h,2w,C]`, zero elsewhere;
+    bit-exact with `torch.nn.MaxUnpool2d` given the pooling indices.
+    """
+
+    def call(self, inputs):
+        y, switches = inputs
+        tiled = tf.concat([y, y, y, y], axis=-1)
+        return tf.nn.depth_to_space(tiled * tf.cast(switches, y.dtype), 2)

@@ -1,0 +1,125 @@
+"""SegNet multi-task network (mtan "split" architecture, as in the authors' code)."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from mtpsl_tf.models import registry
+from mtpsl_tf.models.heads import ACTIVATIONS, TaskHead
+from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, ConvBNReLU, MaxUnpool2D
+
+VARIANT_FILTERS = {
+    "standard": (64, 128, 256, 512, 512),
+    "wide": (64, 128, 256, 512, 1024),
+    "deep": (64, 128, 256, 512, 512),
+}
+STRIDE = 32  # five 2x2 poolings
+
+
+def check_input_size(height: int, width: int, where: str = "input") -> None:
+    """Raises ValueError unless both sizes are positive multiples of 32."""
+    for label, size in (("height", height), ("width", width)):
+        if size is not None and (size <= 0 or size % STRIDE):
+            raise ValueError(
+                f"SegNet {where} {label} must be a positive multiple of {STRIDE}, got {size}"
+            )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SegNet(keras.Model):
+    """Shared SegNet encoder-decoder with one small head per task.
+
+    Args:
+        heads: ordered mapping task name -> {"channels": int, "activation": str}; the
+            activation is one of `heads.ACTIVATIONS` (log_softmax, linear, l2_normalize,
+            sigmoid).
+        variant: "standard", "wide" (last filter 1024) or "deep" (two conv-BN-ReLU
+            per block).
+        filters: five widths overriding the variant's (tests use tiny widths).
+
+    Call: `model(images [B,H,W,3], training)` with H, W multiples of 32 returns a dict
+    `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]]}`; "feature"
+    is the last max-pooled encoder output (the method's regularisation target).
+    """
+
+    def __init__(
+        self,
+        heads: Mapping[str, Mapping[str, object]],
+        variant: str = "standard",
+        filters: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if variant not in VARIANT_FILTERS:
+            raise ValueError(f"unknown SegNet variant {variant!r}; expected one of {sorted(VARIANT_FILTERS)}")
+        if not heads:
+            raise ValueError("SegNet needs at least one task head")
+        self.heads = {name: dict(spec) for name, spec in heads.items()}
+        self.variant = variant
+        self.filters = list(filters) if filters is not None else list(VARIANT_FILTERS[variant])
+        if len(self.filters) != 5:
+            raise ValueError(f"SegNet needs 5 filter widths, got {self.filters}")
+        for name, spec in self.heads.items():
+            if spec.get("activation") not in ACTIVATIONS:
+                raise ValueError(f"head {name!r}: unknown activation {spec.get('activation')!r}; "
+                                 f"expected one of {sorted(ACTIVATIONS)}")
+        self._build_layers()
+
+    def _build_layers(self):
+        f, unit = self.filters, 2 if self.variant == "deep" else 1
+        self.encoder_block = [ConvBNReLU(f[i], unit, name=f"encoder_block_{i}") for i in range(5)]
+        self.decoder_block = [ConvBNReLU(f[max(i - 1, 0)], unit, name=f"decoder_block_{i}") for i in range(5)]
+        # conv_block_enc[i] / conv_block_dec[i]: one unit for the top two stages, two below.
+        self.conv_block_enc = [
+            [ConvBNReLU(f[i], unit, name=f"conv_block_enc_{i}_{j}") for j in range(1 if i <= 1 else 2)]
+            for i in range(5)
+        ]
+        self.conv_block_dec = [
+            [ConvBNReLU(f[max(i - 1, 0)], unit, name=f"conv_block_dec_{i}_{j}") for j in range(1 if i <= 1 else 2)]
+            for i in range(5)
+        ]
+        self.pools = [ArgMaxPool2D(name=f"pool_{i}") for i in range(5)]
+        self.unpools = [MaxUnpool2D(name=f"unpool_{i}") for i in range(5)]
+        self.task_heads = {
+            name: TaskHead(self.filters[0], int(spec["channels"]), str(spec["activation"]), name=f"head_{name}")
+            for name, spec in self.heads.items()
+        }
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.heads)
+
+    def call(self, images, training=False) -> Dict[str, tf.Tensor]:
+        check_input_size(images.shape[1], images.shape[2])
+        x, switches = images, []
+        for i in range(5):
+            x = self.encoder_block[i](x, training=training)
+            for block in self.conv_block_enc[i]:
+                x = block(x, training=training)
+            x, s = self.pools[i](x)
+            switches.append(s)
+        feature = x
+        # Decoder stage k mirrors encoder stage 4-k: decoder_block[-k-1], conv_block_dec[-k-1].
+        for k in range(5):
+            i = 4 - k
+            x = self.unpools[i]([x, switches[i]])
+            x = self.decoder_block[i](x, training=training)
+            for block in self.conv_block_dec[i]:
+                x = block(x, training=training)
+        outputs = {name: head(x) for name, head in self.task_heads.items()}
+        outputs["feature"] = tf.cast(feature, tf.float32)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(heads=self.heads, variant=self.variant, filters=self.filters)
+        return config
+
+
+@registry.BACKBONES.register("segnet")
+def build_segnet(heads, variant="standard", filters=None, name="segnet") -> SegNet:
+    """Registry entry: builds a SegNet from task heads (see `SegNet`)."""
+    return SegNet(heads=heads, variant=variant, filters=filters, name=name)

@@ -1,0 +1,61 @@
+"""Depth (or Cityscapes disparity): linear 1-channel head, L1 over valid pixels (0 = invalid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mtpsl_tf.metrics import DepthMetrics
+from mtpsl_tf.tasks.base import LOWER, Task
+from mtpsl_tf.tasks.registry import TASKS
+
+
+def _colour_ramp(x):
+    """[..] in [0,1] -> [..,3]: a simple perceptual-ish ramp (dark blue -> yellow)."""
+    stops = tf.constant([[0.05, 0.03, 0.33], [0.23, 0.32, 0.55], [0.13, 0.57, 0.55], [0.36, 0.78, 0.38], [0.99, 0.91, 0.14]])
+    pos = tf.clip_by_value(x, 0.0, 1.0) * 4.0
+    lo = tf.cast(tf.floor(tf.minimum(pos, 3.999)), tf.int32)
+    frac = (pos - tf.cast(lo, tf.float32))[..., None]
+    return tf.gather(stops, lo) * (1.0 - frac) + tf.gather(stops, lo + 1) * frac
+
+
+@TASKS.register("depth")
+class Depth(Task):
+    """Per-pixel depth regression.
+
+    Labels: float32 `[B,H,W,1]`, 0 = invalid. Outputs: `[B,H,W,1]`, no activation.
+    Loss of one image: sum |pred - gt| over valid pixels / number of valid pixels.
+    """
+
+    channels = 1
+    activation = "linear"
+    metric_directions = {"abs_err": LOWER, "rel_err": LOWER, "rmse": LOWER}
+    primary_metric = "abs_err"
+
+    def __init__(self, name: str = "depth"):
+        self.name = name
+
+    def loss_terms(self, pred, label):
+        valid = tf.cast(tf.reduce_sum(label, axis=-1, keepdims=True) != 0, tf.float32)
+        total = tf.reduce_sum(tf.abs(pred - label) * valid, axis=[1, 2, 3])
+        return total, tf.reduce_sum(valid, axis=[1, 2, 3])
+
+    def make_metric(self):
+        return DepthMetrics(name=f"{self.name}_metrics")
+
+    def update_metric(self, metric, label, pred):
+        metric.update_state(label, pred)
+
+    def label_signature(self, height, width):
+        return tf.TensorSpec([height, width, 1], tf.float32)
+
+    def check_label(self, label, where):
+        if label.ndim != 3 or label.shape[-1] != 1:
+            raise ValueError(f"{where}: depth label must be [H, W, 1], got shape {label.shape}")
+        if not np.isfinite(label).all() or (label < 0).any():
+            raise ValueError(f"{where}: depth label must be finite and >= 0 (0 = invalid)")
+
+    def visualise(self, value):
+        value = value[..., 0]
+        top = tf.reduce_max(value, axis=[1, 2], keepdims=True)
+        return _colour_ramp(tf.math.divide_no_nan(value, top))

@@ -1,0 +1,77 @@
+"""Semantic segmentation: C-way log-softmax head, NLL over labelled pixels (-1 = ignore)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mtpsl_tf.metrics import ConfusionMatrix
+from mtpsl_tf.tasks.base import HIGHER, Task
+from mtpsl_tf.tasks.registry import TASKS
+
+IGNORE = -1
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """`[C, 3]` float colours in [0,1], distinct and deterministic (Pascal-VOC bit trick)."""
+    colours = np.zeros((num_classes, 3), np.float32)
+    for c in range(num_classes):
+        value, code = c + 1, np.zeros(3)
+        for shift in range(8):
+            for channel in range(3):
+                code[channel] += ((value >> channel) & 1) << (7 - shift)
+            value >>= 3
+        colours[c] = code / 255.0
+    return colours
+
+
+@TASKS.register("semantic")
+class Semantic(Task):
+    """Per-pixel classification.
+
+    Labels: int32 `[B,H,W]` in [0, C) or -1 (ignore). Outputs: log-probabilities `[B,H,W,C]`.
+    Loss of one image: mean NLL over its labelled pixels.
+    """
+
+    activation = "log_softmax"
+    metric_directions = {"miou": HIGHER, "pixel_acc": HIGHER}
+    primary_metric = "miou"
+
+    def __init__(self, num_classes: int, name: str = "semantic"):
+        if num_classes < 2:
+            raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
+        self.name = name
+        self.num_classes = num_classes
+        self.channels = num_classes
+
+    def loss_terms(self, pred, label):
+        label = tf.cast(label, tf.int32)
+        valid = tf.logical_and(label >= 0, label < self.num_classes)
+        safe = tf.where(valid, label, 0)
+        nll = -tf.gather(pred, safe, axis=-1, batch_dims=3)
+        valid_f = tf.cast(valid, tf.float32)
+        return tf.reduce_sum(nll * valid_f, axis=[1, 2]), tf.reduce_sum(valid_f, axis=[1, 2])
+
+    def make_metric(self):
+        return ConfusionMatrix(self.num_classes, name=f"{self.name}_confusion")
+
+    def update_metric(self, metric, label, pred):
+        metric.update_state(tf.cast(label, tf.int32), tf.argmax(pred, axis=-1, output_type=tf.int32))
+
+    def label_signature(self, height, width):
+        return tf.TensorSpec([height, width], tf.int32)
+
+    def check_label(self, label, where):
+        if label.ndim != 2:
+            raise ValueError(f"{where}: semantic label must be [H, W], got shape {label.shape}")
+        bad = (label < IGNORE) | (label >= self.num_classes)
+        if bad.any():
+            raise ValueError(f"{where}: semantic label values must be -1 (ignore) or in [0, {self.num_classes}), "
+                             f"found {np.unique(label[bad])[:5]}")
+
+    def visualise(self, value):
+        if value.shape.rank == 4:  # predictions: log-probabilities
+            value = tf.argmax(value, axis=-1, output_type=tf.int32)
+        colours = tf.constant(np.concatenate([palette(self.num_classes), np.zeros((1, 3), np.float32)]))
+        index = tf.where(value < 0, self.num_classes, value)  # ignore -> black
+        return tf.gather(colours, index)

@@ -1,0 +1,30 @@
+"""Delta-MTL over the tasks' primary metrics, with the STL reference resolved per run."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence
+
+from mtpsl_tf.metrics import delta_mtl
+from mtpsl_tf.tasks.base import Task
+
+
+def primary_directions(tasks: Sequence[Task]) -> Dict[str, str]:
+    return {f"{t.name}/{t.primary_metric}": t.metric_directions[t.primary_metric] for t in tasks}
+
+
+def resolve_reference(tasks: Sequence[Task], defaults: Mapping[str, float],
+                      overrides: Mapping[str, float]) -> Optional[Dict[str, float]]:
+    """The STL values for every task's primary metric, or None if some are unknown."""
+    merged = {**defaults, **overrides}
+    keys = list(primary_directions(tasks))
+    if not all(k in merged for k in keys):
+        return None
+    return {k: float(merged[k]) for k in keys}
+
+
+def compute(results: Mapping[str, float], tasks: Sequence[Task],
+            reference: Optional[Mapping[str, float]]) -> Optional[float]:
+    if reference is None:
+        return None
+    directions = primary_directions(tasks)
+    return float(delta_mtl({k: float(results[k]) for k in directions}, reference, directions))

@@ -1,0 +1,109 @@
+"""The Keras model that trains: network + method, custom train_step / test_step."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import keras
+import tensorflow as tf
+
+from mtpsl_tf.methods.base import Method, replica_sum
+from mtpsl_tf.tasks.base import Task
+
+
+class MultiTaskModel(keras.Model):
+    """Wraps a network (dict outputs) and a Method (losses) for `fit` / `evaluate`.
+
+    `train_step` computes the method's named losses, applies loss scaling for mixed
+    precision, and updates each variable group with its own optimiser
+    (`optimizers[group]`). `test_step` streams every task's metrics over the whole split;
+    `evaluate` returns them flattened as "task/metric".
+
+    Args:
+        network: a keras Model mapping images `[B,H,W,3]` to `{task: ..., "feature": ...}`.
+        method: the training objective.
+        tasks: the tasks evaluated (the network's tasks).
+        global_batch_size: training batch size summed over replicas.
+        steps_per_epoch: for the fractional-epoch `progress` the method sees.
+    """
+
+    def __init__(self, network, method: Method, tasks: Sequence[Task], global_batch_size: int,
+                 steps_per_epoch: int, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.method = method
+        self.method_layers = list(method.extra_layers())
+        self.tasks = list(tasks)
+        self.global_batch_size = global_batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.task_metrics = {t.name: t.make_metric() for t in self.tasks}
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in method.loss_names()}
+        self.group_optimizers: Dict[str, keras.optimizers.Optimizer] = {}
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def set_optimizers(self, optimizers: Dict[str, keras.optimizers.Optimizer]) -> None:
+        """Optimiser per variable group; "main" is also the model's `optimizer`."""
+        groups = self.method.variable_groups(self.network)
+        if set(groups) != set(optimizers):
+            raise ValueError(f"optimisers {sorted(optimizers)} do not match variable groups {sorted(groups)}")
+        self.group_optimizers = dict(optimizers)
+        self.compile(optimizer=optimizers["main"], jit_compile=self._jit)
+
+    def configure(self, jit_compile: bool) -> None:
+        self._jit = jit_compile
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values()) + list(self.task_metrics.values())
+
+    def train_step(self, batch):
+        groups = self.method.variable_groups(self.network)
+        main = self.group_optimizers["main"]
+        progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
+        with tf.GradientTape() as tape:
+            losses = self.method.losses(self.network, batch, self.global_batch_size, progress)
+            scaled = main.scale_loss(losses["total"])
+        names = list(groups)
+        flat = [v for n in names for v in groups[n]]
+        grads = tape.gradient(scaled, flat)
+        start = 0
+        for name in names:
+            count = len(groups[name])
+            pairs = list(zip(grads[start:start + count], groups[name]))
+            start += count
+            self._apply(name, pairs, main)
+        # Keras sums per-replica trackers' states; each replica's loss is its share of
+        # the global mean, so report the replica-summed value.
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(replica_sum(value))
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    def _apply(self, name, pairs, main):
+        optimizer = self.group_optimizers[name]
+        pairs = [(g, v) for g, v in pairs if g is not None]
+        if not pairs:
+            return
+        if optimizer is not main and isinstance(main, keras.optimizers.LossScaleOptimizer):
+            # One loss scale for all groups: unscale the secondary group's gradients here.
+            scale = main.dynamic_scale
+            pairs = [(g / tf.cast(scale, g.dtype), v) for g, v in pairs]
+        optimizer.apply_gradients(pairs)
+
+    def test_step(self, batch):
+        outputs = self.network(batch["image"], training=False)
+        for task in self.tasks:
+            task.update_metric(self.task_metrics[task.name], batch["labels"][task.name], outputs[task.name])
+        return self.metric_results()
+
+    def metric_results(self) -> Dict[str, tf.Tensor]:
+        out = {}
+        for task in self.tasks:
+            for key, value in self.task_metrics[task.name].result().items():
+                out[f"{task.name}/{key}"] = value
+        return out
+
+    def reset_task_metrics(self) -> None:
+        for metric in self.task_metrics.values():
+            metric.reset_state()

@@ -1,0 +1,201 @@
+"""One experiment end to end: config -> data -> model -> fit (resumable) -> metrics.json."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+import keras
+import tensorflow as tf
+
+from mtpsl_tf.config import ExperimentConfig, save_config
+from mtpsl_tf.data import pipeline
+from mtpsl_tf.data.pipeline import DataBundle
+from mtpsl_tf.methods.all import METHODS
+from mtpsl_tf.models import segnet  # noqa: F401  (registers the backbone)
+from mtpsl_tf.models.registry import BACKBONES
+from mtpsl_tf.training import callbacks as callbacks_lib
+from mtpsl_tf.training import delta as delta_lib
+from mtpsl_tf.training.model import MultiTaskModel
+from mtpsl_tf.training.schedules import StepDecay
+
+log = logging.getLogger("mtpsl_tf")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster spec)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown --strategy {name!r}; expected default, mirrored or multi_worker")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' dtype policy is process-global: set it for the run and restore it after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_network(config: ExperimentConfig, tasks, height: int, width: int):
+    heads = {t.name: t.head_spec for t in tasks}
+    network = BACKBONES.get(config.model.backbone)(
+        heads=heads, variant=config.model.variant, filters=config.filter_list())
+    network(tf.zeros([1, height, width, 3]), training=False)  # create variables now
+    return network
+
+
+def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> Dict[str, keras.optimizers.Optimizer]:
+    t = config.train
+    lr = StepDecay(t.learning_rate, steps_per_epoch, t.lr_decay_epochs, t.lr_decay_factor)
+    # torch.optim.Adam defaults: betas (0.9, 0.999), eps 1e-8 (Keras' default eps is 1e-7).
+    main = keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    if t.precision == "mixed_float16":
+        main = keras.optimizers.LossScaleOptimizer(main)
+    optimizers = {"main": main}
+    optimizers.update(method.extra_optimizers(steps_per_epoch) if hasattr(method, "extra_optimizers") else {})
+    return optimizers
+
+
+def build(config: ExperimentConfig, bundle: DataBundle, steps: int):
+    """Builds method, network and the training model (call inside the strategy scope)."""
+    method = METHODS.get(config.method.method)(config, bundle.tasks)
+    tasks = method.network_tasks()
+    network = build_network(config, tasks, bundle.height, bundle.width)
+    method.build(network)
+    model = MultiTaskModel(network, method, tasks, config.data.batch_size, steps)
+    model.configure(jit_compile=config.train.xla)
+    model.set_optimizers(build_optimizers(config, method, steps))
+    return model
+
+
+def make_checkpoint(model: MultiTaskModel) -> tf.train.Checkpoint:
+    optimizers = {f"optimizer_{k}": v for k, v in model.group_optimizers.items()}
+    layers = {f"method_{i}": layer for i, layer in enumerate(model.method_layers)}
+    return tf.train.Checkpoint(
+        network=model.network, epoch=tf.Variable(0, dtype=tf.int64),
+        best=tf.Variable(-float("inf"), dtype=tf.float64), **optimizers, **layers)
+
+
+def _build_optimizer_state(model: MultiTaskModel) -> None:
+    """Creates the optimisers' slot variables so a checkpoint restores them immediately."""
+    for name, optimizer in model.group_optimizers.items():
+        variables = model.method.variable_groups(model.network)[name]
+        optimizer.build(variables)
+
+
+def run(config: ExperimentConfig) -> Dict[str, object]:
+    """Trains and evaluates as configured; returns the final metrics dict (also written to
+    `<model_dir>/metrics.json`)."""
+    config.validate()
+    model_dir = config.train.model_dir
+    os.makedirs(model_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.train.seed)
+    with dtype_policy(config.train.precision):
+        return _run(config, model_dir)
+
+
+def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
+    strategy = make_strategy(config.train.strategy)
+    d = config.data
+    if d.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size={d.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+    bundle = pipeline.load(d, split_dir=d.split_dir)
+    steps = pipeline.steps_per_epoch(bundle, d.batch_size, config.train.steps_per_epoch)
+    with strategy.scope():
+        model = build(config, bundle, steps)
+        _build_optimizer_state(model)
+        ckpt = make_checkpoint(model)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "best"), max_to_keep=1)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch.numpy()))
+    initial_epoch = int(ckpt.epoch.numpy())
+    save_config(config, model_dir)
+    _truncate_history(model_dir, initial_epoch)
+
+    epochs = config.train.epochs
+    tasks = model.tasks
+    reference = delta_lib.resolve_reference(
+        tasks, bundle.spec.stl_reference.get(_setting_kind(d.setting), {}), config.stl_reference_overrides())
+    if reference is None:
+        log.warning("no STL reference for dataset %s / setting %s: Delta-MTL is not computed "
+                    "(pass --stl_reference=task/metric=value,...)", d.dataset, d.setting)
+    test_ds = pipeline.test_dataset(bundle, d.eval_batch_size)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "test"))
+    image_batch = _image_batch(test_ds, config.train.tensorboard_images)
+    epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, model_dir, writer, image_batch)
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch", write_graph=False),
+                 epoch_end]
+    if initial_epoch < epochs:
+        train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
+                                          epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views)
+        start = time.time()
+        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  validation_data=test_ds, validation_freq=_eval_epochs(config, initial_epoch),
+                  callbacks=callbacks, verbose=config.train.verbose)
+        log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, epochs, time.time() - start)
+    return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, epoch_end.history)
+
+
+def _setting_kind(setting: str) -> str:
+    return setting.split("=", 1)[0] if "=" in setting else setting
+
+
+def _eval_epochs(config: ExperimentConfig, initial_epoch: int):
+    every, epochs = config.train.eval_every, config.train.epochs
+    due = [e for e in range(initial_epoch + 1, epochs + 1) if e % every == 0 or e == epochs]
+    return due or [epochs]
+
+
+def _image_batch(test_ds, count: int):
+    if count <= 0:
+        return None
+    batch = next(iter(test_ds.unbatch().batch(count).take(1)))
+    return batch
+
+
+def _truncate_history(model_dir: str, epoch: int) -> None:
+    path = os.path.join(model_dir, "history.json")
+    history = callbacks_lib._read_history(path)
+    kept = [h for h in history if h["epoch"] <= epoch]
+    if len(kept) != len(history):
+        callbacks_lib.write_json_atomic(path, kept)
+
+
+def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, history) -> Dict[str, object]:
+    """Evaluates the last and the best model; writes metrics.json atomically."""
+    last = _evaluate(model, test_ds)
+    report = {"dataset": config.data.dataset, "setting": config.data.setting, "method": config.method.method,
+              "epochs": int(ckpt.epoch.numpy()), "stl_reference": reference,
+              "last": {"metrics": last, "delta_mtl": delta_lib.compute(last, tasks, reference)}}
+    if best_manager.latest_checkpoint:
+        epoch_now = int(ckpt.epoch.numpy())
+        best_state = tf.train.Checkpoint(network=model.network)
+        best_state.restore(best_manager.latest_checkpoint).expect_partial()
+        best = _evaluate(model, test_ds)
+        best_epoch = int(best_manager.latest_checkpoint.rsplit("-", 1)[-1])
+        report["best"] = {"epoch": best_epoch, "metrics": best, "delta_mtl": delta_lib.compute(best, tasks, reference)}
+        ckpt.epoch.assign(epoch_now)
+    path = os.path.join(config.train.model_dir, "metrics.json")
+    callbacks_lib.write_json_atomic(path, report)
+    report["path"] = path
+    return report
+
+
+def _evaluate(model: MultiTaskModel, test_ds) -> Dict[str, float]:
+    results = model.evaluate(test_ds, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in results.items() if "/" in k}

@@ -1,0 +1,62 @@
+"""Train / evaluate a multi-task dense-prediction model.
+
+    python train.py --flagfile=configs/quickstart.flags
+    python train.py --flagfile=configs/nyuv2/onelabel_sl.flags --data_dir=~/tensorflow_datasets
+
+Writes into --model_dir: checkpoints/ (every epoch; rerun to resume), best/ (best by
+Delta-MTL), logs/ (TensorBoard), config.json (resolved config), history.json and
+metrics.json (final per-task metrics and Delta-MTL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+from absl import app, flags  # noqa: E402
+
+from mtpsl_tf.flags import config_from_flags, define_flags  # noqa: E402
+
+define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_flags(flags.FLAGS)
+        from mtpsl_tf.training.run import run
+
+        report = run(config)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    _print_summary(report)
+    return 0
+
+
+def _print_summary(report):
+    model_dir = os.path.dirname(report["path"])
+    print("\n== results ==")
+    for name in ("last", "best"):
+        if name in report:
+            part = report[name]
+            delta = part["delta_mtl"]
+            label = f"{name} (epoch {part['epoch']})" if "epoch" in part else name
+            print(f"{label}: Delta-MTL = {'n/a' if delta is None else f'{delta:+.2f}%'}")
+            for key, value in sorted(part["metrics"].items()):
+                print(f"  {key:28s} {value:.4f}")
+    print(f"\nmodel directory: {model_dir}")
+    print(f"  metrics:     {report['path']}")
+    print(f"  config:      {os.path.join(model_dir, 'config.json')}")
+    print(f"  checkpoints: {os.path.join(model_dir, 'checkpoints')} (best: {os.path.join(model_dir, 'best')})")
+    print(f"  tensorboard: tensorboard --logdir {os.path.join(model_dir, 'logs')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
