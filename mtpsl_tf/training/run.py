@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from typing import Dict, Optional
 
@@ -81,11 +82,26 @@ def build(config: ExperimentConfig, bundle: DataBundle, steps: int):
     return model
 
 
+def weights_trackable(layer) -> tf.train.Checkpoint:
+    """A checkpointable view of all of `layer`'s variables keyed by their path below it.
+
+    Keras 3 layers kept in Python lists/dicts are invisible to tf.train.Checkpoint's
+    attribute tracking, so checkpoints name variables explicitly (stable across runs).
+    """
+    out = {}
+    for variable in layer.weights:
+        key = variable.path.split("/", 1)[-1].replace("/", ".")
+        if key in out:
+            raise ValueError(f"two variables of {layer.name} share the checkpoint key {key!r}")
+        out[key] = variable
+    return tf.train.Checkpoint(**out)
+
+
 def make_checkpoint(model: MultiTaskModel) -> tf.train.Checkpoint:
     optimizers = {f"optimizer_{k}": v for k, v in model.group_optimizers.items()}
-    layers = {f"method_{i}": layer for i, layer in enumerate(model.method_layers)}
+    layers = {f"method_{i}": weights_trackable(layer) for i, layer in enumerate(model.method_layers)}
     return tf.train.Checkpoint(
-        network=model.network, epoch=tf.Variable(0, dtype=tf.int64),
+        network=weights_trackable(model.network), epoch=tf.Variable(0, dtype=tf.int64),
         best=tf.Variable(-float("inf"), dtype=tf.float64), **optimizers, **layers)
 
 
@@ -101,10 +117,15 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
     `<model_dir>/metrics.json`)."""
     config.validate()
     model_dir = config.train.model_dir
-    os.makedirs(model_dir, exist_ok=True)
-    keras.utils.set_random_seed(config.train.seed)
-    with dtype_policy(config.train.precision):
-        return _run(config, model_dir)
+    fresh = not os.path.exists(model_dir)
+    try:
+        with dtype_policy(config.train.precision):
+            return _run(config, model_dir)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves no half-made model_dir.
+        if fresh and os.path.isdir(model_dir) and not tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
 
 
 def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
@@ -114,6 +135,9 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
         raise ValueError(f"--batch_size={d.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
     bundle = pipeline.load(d, split_dir=d.split_dir)
     steps = pipeline.steps_per_epoch(bundle, d.batch_size, config.train.steps_per_epoch)
+    # Seed right before creating weights: preparing a dataset may consume Python/TF
+    # random state, and the initial weights must not depend on whether it was cached.
+    keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         model = build(config, bundle, steps)
         _build_optimizer_state(model)
@@ -124,6 +148,7 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch.numpy()))
     initial_epoch = int(ckpt.epoch.numpy())
+    os.makedirs(model_dir, exist_ok=True)
     save_config(config, model_dir)
     _truncate_history(model_dir, initial_epoch)
 
@@ -184,7 +209,7 @@ def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, 
               "last": {"metrics": last, "delta_mtl": delta_lib.compute(last, tasks, reference)}}
     if best_manager.latest_checkpoint:
         epoch_now = int(ckpt.epoch.numpy())
-        best_state = tf.train.Checkpoint(network=model.network)
+        best_state = tf.train.Checkpoint(network=weights_trackable(model.network))
         best_state.restore(best_manager.latest_checkpoint).expect_partial()
         best = _evaluate(model, test_ds)
         best_epoch = int(best_manager.latest_checkpoint.rsplit("-", 1)[-1])

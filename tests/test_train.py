@@ -1,0 +1,107 @@
+"""End-to-end: train.py / run() on tiny synthetic data, resume, outputs, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mtpsl_tf.config import ExperimentConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--dataset=synthetic", "--dataset_config=small", "--height=32", "--width=64", "--num_train=8",
+        "--num_test=4", "--filters=4,4,8,8,8", "--batch_size=4", "--eval_batch_size=4", "--verbose=0",
+        "--tensorboard_images=1"]
+
+
+def tiny_config(tmp_path, model_dir, **train) -> ExperimentConfig:
+    from mtpsl_tf.flags import config_from_flagfile
+
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("\n".join(TINY) + "\n")
+    config = config_from_flagfile(str(flagfile), [f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'tfds'}"])
+    for key, value in train.items():
+        section = "method" if key in ("method", "stl_task") else "data" if key == "setting" else "train"
+        setattr(getattr(config, section), key, value)
+    return config.validate()
+
+
+def _weights(model_dir):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/") and "OPTIMIZER" not in n)
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_run_writes_outputs_and_resumes_exactly(tmp_path):
+    from mtpsl_tf.training.run import run
+
+    straight = tmp_path / "straight"
+    report = run(tiny_config(tmp_path, straight, epochs=2, stl_reference=
+                             "semantic/miou=0.5,depth/abs_err=1.0,normal/mean=30"))
+    for name in ("config.json", "metrics.json", "history.json", "checkpoints", "best", "logs"):
+        assert (straight / name).exists(), name
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert set(metrics["last"]["metrics"]) >= {"semantic/miou", "depth/abs_err", "normal/mean"}
+    assert isinstance(metrics["last"]["delta_mtl"], float)
+    assert report["path"].endswith("metrics.json")
+    assert not list(straight.glob("*.tmp"))
+
+    resumed = tmp_path / "resumed"
+    run(tiny_config(tmp_path, resumed, epochs=1))
+    run(tiny_config(tmp_path, resumed, epochs=2))
+    history = json.loads((resumed / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_stl_trains_one_head(tmp_path):
+    from mtpsl_tf.training.run import run
+
+    report = run(tiny_config(tmp_path, tmp_path / "stl", epochs=1, method="stl", stl_task="depth"))
+    assert set(report["last"]["metrics"]) == {"depth/abs_err", "depth/rel_err", "depth/rmse"}
+
+
+def _train(args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--method=nope"], "unknown method 'nope'"),
+    (["--dataset=nope"], "unknown dataset 'nope'"),
+    (["--setting=ratio=1:0:0"], "depth"),
+    (["--setting=sometimes"], "sometimes"),
+    (["--batch_size=64"], "--batch_size=64"),
+])
+def test_bad_input_fails_cleanly(tmp_path, args, expected):
+    model_dir = tmp_path / "out"
+    result = _train([*TINY, f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}", *args], tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert not model_dir.exists()
+
+
+def test_missing_real_dataset_is_explained(tmp_path):
+    result = _train(["--dataset=nyuv2", f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'out'}"], tmp_path)
+    assert result.returncode != 0
+    assert "prepare.py" in result.stderr and "nyuv2" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_flag_in_flagfile(tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text("--dataset=synthetic\n--learning_rat=0.1\n")
+    result = _train([f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'out'}"], tmp_path)
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr
+    assert not (tmp_path / "out").exists()
