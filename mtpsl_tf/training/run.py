@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from mtpsl_tf.config import ExperimentConfig, save_config
 from mtpsl_tf.data import pipeline
-from mtpsl_tf.data.pipeline import DataBundle
 from mtpsl_tf.methods.all import METHODS
 from mtpsl_tf.models import segnet  # noqa: F401  (registers the backbone)
 from mtpsl_tf.models.registry import BACKBONES
@@ -70,11 +69,11 @@ def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> 
     return optimizers
 
 
-def build(config: ExperimentConfig, bundle: DataBundle, steps: int):
+def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int) -> MultiTaskModel:
     """Builds method, network and the training model (call inside the strategy scope)."""
-    method = METHODS.get(config.method.method)(config, bundle.tasks)
+    method = METHODS.get(config.method.method)(config, tasks)
     tasks = method.network_tasks()
-    network = build_network(config, tasks, bundle.height, bundle.width)
+    network = build_network(config, tasks, height, width)
     method.build(network)
     model = MultiTaskModel(network, method, tasks, config.data.batch_size, steps)
     model.configure(jit_compile=config.train.xla)
@@ -139,7 +138,7 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     # random state, and the initial weights must not depend on whether it was cached.
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build(config, bundle, steps)
+        model = build(config, bundle.tasks, bundle.height, bundle.width, steps)
         _build_optimizer_state(model)
         ckpt = make_checkpoint(model)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"), max_to_keep=2)

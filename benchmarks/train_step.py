@@ -1,0 +1,152 @@
+"""Times training steps of a named method on random data; last line is one JSON object.
+
+    python benchmarks/train_step.py --method=sl --height=288 --width=384 --batch_size=2 --xla
+
+Reports images/s, seconds per step, peak RSS, the step's convolution FLOPs (counted
+from the traced graph: forward and backward Conv2D ops) over its time, and the GFLOP/s
+of a large float32 matmul timed in the same process (the machine's practical peak).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("method", "sl", "Method name (registry).")
+flags.DEFINE_string("dataset", "nyuv2", "Dataset whose tasks the network predicts (nyuv2, cityscapes, synthetic).")
+flags.DEFINE_integer("height", 288, "Image height (multiple of 32).")
+flags.DEFINE_integer("width", 384, "Image width (multiple of 32).")
+flags.DEFINE_integer("batch_size", 2, "Images per step (two views each for two-view methods).")
+flags.DEFINE_boolean("xla", True, "jit_compile the step.")
+flags.DEFINE_string("filters", "", "Comma-separated 5 widths (empty: standard SegNet).")
+flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfloat16.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps.")
+flags.DEFINE_integer("steps", 5, "Timed steps.")
+flags.DEFINE_string("setting", "onelabel", "Label masks of the random batch: onelabel or full.")
+FLAGS = flags.FLAGS
+
+CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+
+
+def conv_flops(graph) -> float:
+    """2*MACs of every forward/backward Conv2D op in `graph` (and its nested functions)."""
+    total = 0.0
+    graphs = [graph] + [f.graph for f in getattr(graph, "_functions", {}).values() if hasattr(f, "graph")]
+    for g in graphs:
+        for op in g.get_operations():
+            if op.type not in CONV_OPS:
+                continue
+            out = op.outputs[0].shape
+            if op.type == "Conv2DBackpropFilter":
+                kh, kw, cin, cout = out
+                grad = op.inputs[2].shape  # dL/d(output): [B, H, W, Cout]
+                total += 2.0 * grad[0] * grad[1] * grad[2] * cout * kh * kw * cin
+            else:
+                kernel = op.inputs[1].shape
+                kh, kw = kernel[0], kernel[1]
+                cin_k = kernel[2] if op.type == "Conv2D" else kernel[3]
+                total += 2.0 * out[0] * out[1] * out[2] * out[3] * kh * kw * cin_k
+    return total
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    import tensorflow as tf
+
+    a = tf.random.uniform([n, n])
+    b = tf.random.uniform([n, n])
+    mm = tf.function(lambda x, y: tf.matmul(x, y))
+    mm(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        c = mm(a, b)
+    c.numpy()
+    return 2.0 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def random_batch(tasks, batch_size, height, width, setting, two_views):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+
+    def labels():
+        out = {}
+        for t in tasks:
+            spec = t.label_signature(height, width)
+            if spec.dtype == tf.int32:
+                out[t.name] = tf.constant(rng.integers(-1, t.num_classes, [batch_size, height, width]), tf.int32)
+            elif t.channels == 3:
+                v = rng.normal(size=[batch_size, height, width, 3]).astype("float32")
+                out[t.name] = tf.constant(v / np.linalg.norm(v, axis=-1, keepdims=True))
+            else:
+                out[t.name] = tf.constant(rng.uniform(0.5, 5, [batch_size, height, width, 1]).astype("float32"))
+        return out
+
+    names = [t.name for t in tasks]
+    mask = {n: tf.constant([1.0 if setting == "full" or i % len(names) == k else 0.0 for i in range(batch_size)])
+            for k, n in enumerate(names)}
+    batch = {"image": tf.random.uniform([batch_size, height, width, 3]), "labels": labels(),
+             "label_mask": mask, "index": tf.range(batch_size, dtype=tf.int64)}
+    if two_views:
+        batch.update(image_aug=tf.random.uniform([batch_size, height, width, 3]), labels_aug=labels())
+    return batch
+
+
+def main(argv):
+    del argv
+    import keras
+    import tensorflow as tf
+
+    from mtpsl_tf.config import ExperimentConfig
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.training.run import build, dtype_policy
+
+    config = ExperimentConfig()
+    config.method.method = FLAGS.method
+    config.model.filters = FLAGS.filters
+    config.data.dataset, config.data.setting = FLAGS.dataset, FLAGS.setting
+    config.data.batch_size = FLAGS.batch_size
+    config.train.precision = FLAGS.precision
+    if FLAGS.method == "stl":
+        config.method.stl_task = "semantic"
+    config.validate()
+    keras.utils.set_random_seed(0)
+    with dtype_policy(FLAGS.precision):
+        spec = DATASETS.get(FLAGS.dataset)
+        model = build(config, spec.tasks(), FLAGS.height, FLAGS.width, steps=100)
+        batch = random_batch(model.method.tasks, FLAGS.batch_size, FLAGS.height, FLAGS.width, FLAGS.setting,
+                             model.method.two_views)
+        step = tf.function(model.train_step, jit_compile=FLAGS.xla)
+        flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
+        for _ in range(FLAGS.warmup):
+            tf.nest.map_structure(lambda t: t.numpy(), step(batch))
+        start = time.perf_counter()
+        for _ in range(FLAGS.steps):
+            out = step(batch)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+        step_s = (time.perf_counter() - start) / FLAGS.steps
+    peak = matmul_peak()
+    result = {
+        "method": FLAGS.method, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
+        "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
+        "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
+        "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
+        "matmul_peak_gflops_per_s": round(peak, 2),
+        "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
