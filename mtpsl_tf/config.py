@@ -56,6 +56,14 @@ class MethodConfig:
         "Supervised loss over a batch: per_image (mean of per-image losses, the partial-label "
         "scripts), batch (pixels pooled over the batch, the reference's full-label SL script) or "
         "auto (batch for setting=full with method sl, else per_image).")
+    consistency_mode: str = _field(
+        "auto", "mtpsl: unlabelled source -> labelled target pairs; mtpsl_plus (Ours+): also labelled "
+        "sources; full: all ordered pairs; auto: full for --setting=full, else mtpsl.")
+    con_weight: float = _field(2.0, "mtpsl: weight of the consistency loss (paper: 2.0 NYU-v2, 1.0 Cityscapes).")
+    reg_weight: float = _field(0.5, "mtpsl: weight of the feature regulariser inside each pair loss.")
+    rampup: str = _field("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
+    film_learning_rate: float = _field(1e-3, "mtpsl: Adam lr of the FiLM tables (paper: 1e-3 NYU-v2, 1e-5 Cityscapes).")
+    film_lr_decay_epochs: int = _field(30, "mtpsl: halve the FiLM learning rate every this many epochs.")
 
 
 @dataclasses.dataclass
@@ -90,6 +98,10 @@ class ExperimentConfig:
         _choice("precision", t.precision, PRECISIONS)
         _choice("strategy", t.strategy, STRATEGIES)
         _choice("loss_reduction", self.method.loss_reduction, ("auto", "per_image", "batch"))
+        _choice("consistency_mode", self.method.consistency_mode, ("auto", "mtpsl", "mtpsl_plus", "full"))
+        _choice("rampup", self.method.rampup, ("fixed", "up"))
+        if self.method.film_lr_decay_epochs <= 0 or self.method.film_learning_rate <= 0:
+            raise ValueError("--film_learning_rate and --film_lr_decay_epochs must be > 0")
         for name, value in (("epochs", t.epochs), ("batch_size", d.batch_size),
                             ("eval_batch_size", d.eval_batch_size), ("lr_decay_epochs", t.lr_decay_epochs),
                             ("eval_every", t.eval_every)):

@@ -42,6 +42,13 @@ class Method(abc.ABC):
         """The tasks the network predicts (stl: one)."""
         return self.tasks
 
+    def observe_label_masks(self, masks) -> None:
+        """Sees the training set's label masks `[N, T]` before training (e.g. to size buffers)."""
+
+    def extra_optimizers(self, steps_per_epoch: int) -> Dict[str, object]:
+        """Optimisers of the variable groups other than "main"."""
+        return {}
+
     def build(self, network) -> None:
         """Creates extra trainable parts (e.g. a mapping network); default none."""
 
@@ -61,8 +68,10 @@ class Method(abc.ABC):
         return [f"{t.name}_loss" for t in self.network_tasks()] + ["total"]
 
     @abc.abstractmethod
-    def losses(self, network, batch: Dict[str, object], global_batch_size: int, progress: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def losses(self, network, batch: Dict[str, object], global_batch_size: int, progress: tf.Tensor,
+               step: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Runs the network on the batch; returns named scalar losses incl. "total".
 
-        `progress` is the fractional epoch (float32 scalar) for ramp-ups.
+        `progress` is the fractional epoch (float32 scalar) for ramp-ups; `step` the optimiser
+        step (int64), e.g. to derive stateless random seeds.
         """

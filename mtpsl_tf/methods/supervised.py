@@ -44,7 +44,7 @@ def resolve_reduction(config) -> str:
 class SupervisedLearning(Method):
     """MTL supervised learning (SPEC section 3): masked per-task losses, summed."""
 
-    def losses(self, network, batch, global_batch_size, progress):
+    def losses(self, network, batch, global_batch_size, progress, step):
         outputs = network(batch["image"], training=True)
         parts = supervised_losses(self.tasks, outputs, batch["labels"], batch["label_mask"],
                                   global_batch_size, resolve_reduction(self.config))

@@ -50,17 +50,20 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma", autocast=False)
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta", autocast=False)
         self.moving_mean = self.add_weight(
-            shape=(channels,), initializer="zeros", trainable=False, name="moving_mean"
+            shape=(channels,), initializer="zeros", trainable=False, name="moving_mean", autocast=False
         )
         self.moving_variance = self.add_weight(
-            shape=(channels,), initializer="ones", trainable=False, name="moving_variance"
+            shape=(channels,), initializer="ones", trainable=False, name="moving_variance", autocast=False
         )
 
     def call(self, x, training=False):
         x32 = tf.cast(x, tf.float32)
+        # Variables are created with autocast=False: statistics and the affine transform stay
+        # in float32 under mixed precision.
+        gamma, beta = self.gamma, self.beta
         if training:
             mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
             n = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
@@ -70,8 +73,8 @@ class BatchNorm(keras.layers.Layer):
             self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-        shift = self.beta - mean * scale
+        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+        shift = beta - mean * scale
         return tf.cast(x32 * scale + shift, self.compute_dtype)
 
     def get_config(self):

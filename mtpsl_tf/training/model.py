@@ -63,7 +63,7 @@ class MultiTaskModel(keras.Model):
         main = self.group_optimizers["main"]
         progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
         with tf.GradientTape() as tape:
-            losses = self.method.losses(self.network, batch, self.global_batch_size, progress)
+            losses = self.method.losses(self.network, batch, self.global_batch_size, progress, main.iterations)
             scaled = main.scale_loss(losses["total"])
         names = list(groups)
         flat = [v for n in names for v in groups[n]]

@@ -65,13 +65,16 @@ def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> 
     if t.precision == "mixed_float16":
         main = keras.optimizers.LossScaleOptimizer(main)
     optimizers = {"main": main}
-    optimizers.update(method.extra_optimizers(steps_per_epoch) if hasattr(method, "extra_optimizers") else {})
+    optimizers.update(method.extra_optimizers(steps_per_epoch))
     return optimizers
 
 
-def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int) -> MultiTaskModel:
+def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
+          label_masks=None) -> MultiTaskModel:
     """Builds method, network and the training model (call inside the strategy scope)."""
     method = METHODS.get(config.method.method)(config, tasks)
+    if label_masks is not None:
+        method.observe_label_masks(label_masks)
     tasks = method.network_tasks()
     network = build_network(config, tasks, height, width)
     method.build(network)
@@ -138,13 +141,14 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     # random state, and the initial weights must not depend on whether it was cached.
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build(config, bundle.tasks, bundle.height, bundle.width, steps)
+        model = build(config, bundle.tasks, bundle.height, bundle.width, steps, bundle.label_masks)
         _build_optimizer_state(model)
         ckpt = make_checkpoint(model)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
     best_manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "best"), max_to_keep=1)
     if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # Partial matches are allowed: an imported model directory has no optimiser state.
+        ckpt.restore(manager.latest_checkpoint).expect_partial().assert_nontrivial_match()
         log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch.numpy()))
     initial_epoch = int(ckpt.epoch.numpy())
     os.makedirs(model_dir, exist_ok=True)
