@@ -9,24 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from mtpsl_tf.config import ExperimentConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--dataset=synthetic", "--dataset_config=small", "--height=32", "--width=64", "--num_train=8",
-        "--num_test=4", "--filters=4,4,8,8,8", "--batch_size=4", "--eval_batch_size=4", "--verbose=0",
-        "--tensorboard_images=1"]
-
-
-def tiny_config(tmp_path, model_dir, **train) -> ExperimentConfig:
-    from mtpsl_tf.flags import config_from_flagfile
-
-    flagfile = tmp_path / "tiny.flags"
-    flagfile.write_text("\n".join(TINY) + "\n")
-    config = config_from_flagfile(str(flagfile), [f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'tfds'}"])
-    for key, value in train.items():
-        section = "method" if key in ("method", "stl_task") else "data" if key == "setting" else "train"
-        setattr(getattr(config, section), key, value)
-    return config.validate()
+from tests_helpers import TINY, tiny_config  # noqa: E402
 
 
 def _weights(model_dir):
