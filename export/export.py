@@ -1,0 +1,349 @@
+"""Export a trained model directory to SavedModel and LiteRT (float32, float16, int8), verified.
+
+    python export/export.py --model_dir=runs/x --out=exports/x \
+        --formats=saved_model,tflite,tflite_fp16,tflite_int8 [--height=288 --width=384]
+
+Writes into --out (atomically: a temporary sibling directory renamed at the end, removed on
+any failure): `saved_model/`, `model_float32.tflite`, `model_float16.tflite`,
+`model_int8.tflite`, `export_report.json` (per format and output: differences to the Keras
+model on held-out test examples, task metrics, rule violations), `model_card.md/.json` and
+the training `config.json`. Exits non-zero when a format breaks a rule of
+`mtpsl_export.verification` (exit 1) or on bad input (exit 2). See docs/EXPORT.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
+REPORT = "export_report.json"
+
+
+def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: Optional[int] = None,
+                 width: Optional[int] = None, which: str = "best", num_verify: int = 16,
+                 num_calibration: int = 32, data_dir: Optional[str] = None,
+                 tolerance: Optional[float] = None, max_degradation: Optional[float] = None,
+                 overwrite: bool = False) -> dict:
+    """Exports `model_dir`'s `which` checkpoint to `out_dir` in `formats` and verifies them.
+
+    Args:
+        height, width: input size (multiples of 32); None: the training size.
+        num_verify: held-out test examples every format is compared on.
+        num_calibration: training images calibrating int8 quantisation.
+        data_dir: overrides the config's TFDS data directory.
+        tolerance, max_degradation: verification rules (defaults in `verification`).
+        overwrite: replace an existing `out_dir`.
+
+    Returns the report (also `out_dir/export_report.json`). Raises ValueError /
+    FileNotFoundError on bad input and `verification.VerificationError` when a format is
+    broken; `out_dir` is then left as it was.
+    """
+    from mtpsl_export import formats as formats_lib
+    from mtpsl_export import verification
+
+    chosen = formats_lib.parse_formats(formats)
+    _check_request(out_dir, height, width, num_verify, num_calibration, overwrite)
+    tolerance = verification.TOLERANCE if tolerance is None else tolerance
+    max_degradation = verification.MAX_DEGRADATION if max_degradation is None else max_degradation
+
+    from mtpsl_export import contract
+    from mtpsl_tf.training.restore import load_network
+
+    restored = load_network(model_dir, which=which, height=height, width=width)
+    contract.check_size(restored.height, restored.width)
+    data_config = dataclasses.replace(restored.config.data, **({"data_dir": data_dir} if data_dir else {}))
+    size = (restored.height, restored.width)
+    images, labels = held_out_examples(data_config, restored.tasks, size, num_verify)
+    calibration = training_images(data_config, size, num_calibration) if any(
+        f.precision == "int8" for f in chosen) else None
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    created = _make_parents(parent)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
+        files = _write_formats(restored, chosen, staging, calibration)
+        report = _verify(restored, chosen, files, staging, images, labels, tolerance, max_degradation)
+        report.update(model_dir=os.path.abspath(model_dir), which=which, num_calibration=(
+            0 if calibration is None else len(calibration)), calibration_source="training split")
+        failures = {name: f["problems"] for name, f in report["formats"].items() if f["problems"]}
+        if failures:
+            raise verification.VerificationError(_failure_message(failures), report)
+        _write_metadata(restored, model_dir, staging, report)
+        _publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):  # parents this call made, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    report["out_dir"] = os.path.abspath(out_dir)
+    return report
+
+
+def _make_parents(folder: str) -> list:
+    """Creates `folder` and missing ancestors; returns those created, outermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.insert(0, folder)
+        folder = os.path.dirname(folder)
+    if missing:
+        os.makedirs(missing[-1], exist_ok=True)
+    return missing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_request(out_dir, height, width, num_verify, num_calibration, overwrite) -> None:
+    from mtpsl_export import contract
+
+    if (height is None) != (width is None):
+        raise ValueError(f"give both --height and --width or neither (got height={height}, width={width})")
+    if height is not None:
+        contract.check_size(height, width)
+    if num_verify < 1:
+        raise ValueError(f"--num_verify must be >= 1, got {num_verify}")
+    if num_calibration < 1:
+        raise ValueError(f"--num_calibration must be >= 1, got {num_calibration}")
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"--out={out_dir!r} already exists; choose another or pass --overwrite")
+
+
+def _failure_message(failures: Dict[str, list]) -> str:
+    lines = ["export verification failed:"]
+    for name, found in failures.items():
+        lines += [f"  {name}: {p}" for p in found]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- data
+def _resize(value: np.ndarray, size: Tuple[int, int], nearest: bool) -> np.ndarray:
+    import tensorflow as tf
+
+    if value.shape[1:3] == tuple(size):
+        return value
+    squeeze = value.ndim == 3
+    x = value[..., None] if squeeze else value
+    method = "nearest" if nearest else "bilinear"
+    out = tf.image.resize(x, size, method=method).numpy().astype(value.dtype)
+    return out[..., 0] if squeeze else out
+
+
+def held_out_examples(data_config, tasks: Sequence, size: Tuple[int, int], count: int):
+    """Up to `count` test examples at `size`: images `[K,H,W,3]`, labels {task: [K,H,W(,C)]}."""
+    from mtpsl_tf.data import pipeline
+
+    bundle = pipeline.load(dataclasses.replace(data_config, split_dir=""))
+    batches = list(pipeline.test_dataset(bundle, 8).unbatch().take(count).batch(count).as_numpy_iterator())
+    if not batches:
+        raise ValueError(f"dataset {data_config.dataset!r} has no test examples to verify on")
+    images = _resize(batches[0]["image"], size, nearest=False)
+    labels = {t.name: _resize(batches[0]["labels"][t.name], size, nearest=True) for t in tasks}
+    return images, labels
+
+
+def training_images(data_config, size: Tuple[int, int], count: int) -> np.ndarray:
+    """Up to `count` un-augmented training images `[K,H,W,3]` for int8 calibration."""
+    from mtpsl_tf.data import pipeline
+
+    plain = dataclasses.replace(data_config, split_dir="", augment=False)
+    bundle = pipeline.load(plain)
+    ds = pipeline.train_dataset(bundle, plain, seed=0, initial_epoch=0, epochs=1, batch_size=1)
+    images = np.concatenate([b["image"] for b in ds.take(count).as_numpy_iterator()])
+    return _resize(images, size, nearest=False)
+
+
+# ----------------------------------------------------------------------------- formats
+def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str]:
+    """Writes each format into `staging`; returns format name -> path."""
+    from mtpsl_export import writers
+
+    net, tasks, h, w = restored.network, restored.tasks, restored.height, restored.width
+    files = {}
+    for fmt in chosen:
+        if not fmt.tflite:
+            files[fmt.name] = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, fmt.filename))
+    if any(f.tflite for f in chosen):
+        scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1, uint8=False)
+        representative = None if calibration is None else writers.representative_from(calibration)
+        for fmt in chosen:
+            if fmt.tflite:
+                content = writers.convert_tflite(scratch, fmt.precision, representative)
+                files[fmt.name] = writers.write_tflite(content, os.path.join(staging, fmt.filename))
+        shutil.rmtree(scratch)
+    return files
+
+
+def _verify(restored, chosen, files, staging, images, labels, tolerance, max_degradation) -> dict:
+    from mtpsl_export import runners, verification, writers
+
+    tasks = restored.tasks
+    keras_out = runners.KerasRunner(restored.network, tasks, restored.height, restored.width)(images)
+    keras_metrics = verification.evaluate(tasks, labels, keras_out)
+    report = {"checkpoint": restored.checkpoint, "input": {"height": restored.height, "width": restored.width},
+              "num_verify": int(len(images)), "verify_source": "test split (first examples)",
+              "rules": {"tolerance": tolerance, "max_degradation": max_degradation,
+                        "collapse_ratio": verification.COLLAPSE_RATIO,
+                        "collapse_min_std": verification.COLLAPSE_MIN_STD,
+                        "text": verification.__doc__.split("Rules", 1)[1].strip()},
+              "keras": {"metrics": keras_metrics}, "formats": {}}
+    for fmt in chosen:
+        runner = runners.load_runner(files[fmt.name])
+        got = runner(images)
+        comparison = verification.compare_outputs(keras_out, got, tasks, tolerance)
+        metrics = verification.evaluate(tasks, labels, got)
+        deltas = verification.primary_deltas(tasks, metrics, keras_metrics)
+        found = verification.problems(fmt.precision, comparison, deltas, tolerance, max_degradation)
+        entry = {"file": os.path.relpath(files[fmt.name], staging), "precision": fmt.precision,
+                 "outputs": comparison, "metrics": metrics,
+                 "metric_deltas": {k: metrics[k] - keras_metrics[k] for k in metrics},
+                 "primary": deltas, "problems": found, "passed": not found}
+        if fmt.tflite:
+            with open(files[fmt.name], "rb") as f:
+                entry["tflite"] = writers.tflite_summary(f.read())
+            entry["xnnpack_delegated_nodes"] = runner.delegated_nodes()
+        else:
+            entry["uint8_signature_max_abs_diff"] = _check_uint8(runner, images)
+            if entry["uint8_signature_max_abs_diff"] > tolerance:
+                found.append(f"serving_uint8 differs from serving_default by "
+                             f"{entry['uint8_signature_max_abs_diff']:.3g} on the same uint8 images")
+                entry["passed"] = False
+        report["formats"][fmt.name] = entry
+    report["passed"] = all(f["passed"] for f in report["formats"].values())
+    return report
+
+
+def _check_uint8(runner, images: np.ndarray) -> float:
+    """Max |serving_uint8(u) - serving_default(u / 255)| over float outputs, u = images in uint8."""
+    as_uint8 = np.clip(np.round(images * 255.0), 0, 255)
+    via_float = runner(as_uint8 / 255.0)
+    via_uint8 = runner.with_signature("serving_uint8")(as_uint8 / 255.0)
+    return max(float(np.abs(via_float[k] - via_uint8[k]).max())
+               for k in via_float if via_float[k].dtype == np.float32)
+
+
+# ----------------------------------------------------------------------------- metadata
+def _write_metadata(restored, model_dir: str, staging: str, report: dict) -> None:
+    from mtpsl_export import model_card
+    from mtpsl_tf.config import save_config
+
+    save_config(restored.config, staging)
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    training = None
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            training = json.load(f)
+    card = model_card.build(restored.config, restored.tasks, restored.height, restored.width,
+                            restored.checkpoint, report, training)
+    model_card.write(card, staging)
+    with open(os.path.join(staging, REPORT), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def _publish(staging: str, out_dir: str, overwrite: bool) -> None:
+    """Renames the finished `staging` directory to `out_dir` (replacing it with overwrite)."""
+    if os.path.exists(out_dir):
+        if not overwrite:
+            raise FileExistsError(f"--out={out_dir!r} already exists; choose another or pass --overwrite")
+        old = staging + ".old"
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+# ----------------------------------------------------------------------------- CLI
+def define_flags(flag_values=None):
+    """Defines this command's flags on `flag_values` (default: absl's global FLAGS)."""
+    from absl import flags
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    flags.DEFINE_string("model_dir", None, "Model directory written by train.py.", flag_values=fv)
+    flags.DEFINE_string("out", None, "Export directory to create.", flag_values=fv)
+    flags.DEFINE_string("formats", ",".join(DEFAULT_FORMATS), "Comma-separated: " + ", ".join(DEFAULT_FORMATS),
+                        flag_values=fv)
+    flags.DEFINE_integer("height", None, "Input height (multiple of 32); default: the training size.", flag_values=fv)
+    flags.DEFINE_integer("width", None, "Input width (multiple of 32); default: the training size.", flag_values=fv)
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to export.", flag_values=fv)
+    flags.DEFINE_integer("num_verify", 16, "Held-out test examples for verification.", flag_values=fv)
+    flags.DEFINE_integer("num_calibration", 32, "Training images calibrating int8.", flag_values=fv)
+    flags.DEFINE_string("data_dir", "", "TFDS data directory (default: the one in the model's config).",
+                        flag_values=fv)
+    flags.DEFINE_float("tolerance", 1e-4, "Max |diff| of float32 formats vs Keras.", flag_values=fv)
+    flags.DEFINE_float("max_degradation", 0.5, "Max relative primary-metric degradation of fp16/int8.",
+                       flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.", flag_values=fv)
+    flags.mark_flags_as_required(["model_dir", "out"], flag_values=fv)
+
+
+def main(argv) -> int:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    return cli(flags.FLAGS)
+
+
+def cli(f) -> int:
+    """Runs the export for parsed flags `f`; returns the exit code (0 ok, 1 broken, 2 bad input)."""
+    from mtpsl_export.verification import VerificationError
+
+    _quiet_library_logs()
+    try:
+        report = export_model(f.model_dir, f.out, f.formats, f.height, f.width, which=f.which,
+                              num_verify=f.num_verify, num_calibration=f.num_calibration,
+                              data_dir=f.data_dir or None, tolerance=f.tolerance,
+                              max_degradation=f.max_degradation, overwrite=f.overwrite)
+    except VerificationError as err:
+        print(summary(err.report), file=sys.stderr)
+        print(f"error: {err}\nnothing was written to {f.out!r}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(summary(report))
+    print(f"\nexported to {report['out_dir']} (report: {REPORT}, model card: model_card.md)")
+    return 0
+
+
+def _quiet_library_logs():
+    """TFDS and the SavedModel writer log every step at INFO."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def summary(report: dict) -> str:
+    """A table: per format, the largest float-output |diff| and each primary metric."""
+    keys = list(next(iter(report["formats"].values()))["primary"]) if report["formats"] else []
+    head = f"{'format':14s} {'max|diff|':>10s} " + " ".join(f"{k:>16s}" for k in keys) + "  status"
+    rows = [head, f"{'keras':14s} {'':>10s} " + " ".join(f"{report['keras']['metrics'][k]:16.4f}" for k in keys)]
+    for name, entry in report["formats"].items():
+        diff = max(o["max_abs_diff"] for o in entry["outputs"].values() if "mismatch_fraction" not in o)
+        status = "ok" if entry["passed"] else "BROKEN"
+        rows.append(f"{name:14s} {diff:10.2e} " + " ".join(f"{entry['primary'][k]['value']:16.4f}" for k in keys)
+                    + f"  {status}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app
+
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
