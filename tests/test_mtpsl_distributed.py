@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent("""
     from mtpsl_tf.tasks.depth import Depth
     from mtpsl_tf.tasks.normal import Normal
 
-    tf.random.set_seed(0)
+    import keras
+    keras.utils.set_random_seed(0)  # deterministic initial weights
     config = ExperimentConfig()
     config.method.method, config.data.setting = "mtpsl", "onelabel"
     tasks = [Depth(), Normal()]
@@ -71,6 +72,7 @@ SCRIPT = textwrap.dedent("""
     grads_2 = [tf.convert_to_tensor(g).numpy() for g in grads_2]
     # One scale for all: some gradients are exactly 0 mathematically (a conv bias followed
     # by per-item BatchNorm) and hold only rounding noise.
+    assert all(np.isfinite(g).all() for g in grads_1 + grads_2), "non-finite gradient"
     scale = max(np.abs(g).max() for g in grads_1)
     worst = max(np.abs(a - b).max() for a, b in zip(grads_1, grads_2)) / scale
     for v, a, b in zip(variables, grads_1, grads_2):

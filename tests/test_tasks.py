@@ -156,7 +156,7 @@ def test_sl_method_losses_sum_to_total():
              "label_mask": {"depth": tf.constant([1.0, 0.0, 1.0]), "normal": tf.ones([3])}}
     method = METHODS.get("sl")(config_with(data={"setting": "onelabel"}), [depth, normal])
     assert method.loss_names() == ["depth_loss", "normal_loss", "total"]
-    parts = method.losses(network, batch, 3, tf.constant(0.0))
+    parts = method.losses(network, batch, 3, tf.constant(0.0), tf.constant(0, tf.int64))
     assert seen["training"] is True
     np.testing.assert_allclose(float(parts["depth_loss"]), 1.5 / 3, rtol=1e-6)
     np.testing.assert_allclose(float(parts["total"]), float(parts["depth_loss"] + parts["normal_loss"]), rtol=1e-6)
