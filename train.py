@@ -27,6 +27,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_library_logs()
     try:
         config = config_from_flags(flags.FLAGS)
         from mtpsl_tf.training.run import run
@@ -38,6 +39,14 @@ def main(argv):
         return 2
     _print_summary(report)
     return 0
+
+
+def quiet_library_logs():
+    """TFDS logs every dataset it opens at INFO and a deprecation of its own internals."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("absl").addFilter(lambda record: "FeatureConnector.dtype" not in record.getMessage())
 
 
 def _print_summary(report):
