@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from absl import app, flags  # noqa: E402
 
+from mtpsl_tf.cli import USER_ERRORS, error_message, quiet_library_logs  # noqa: E402
 from mtpsl_tf.flags import config_from_flags, define_flags  # noqa: E402
 
 define_flags()
@@ -33,20 +34,11 @@ def main(argv):
         from mtpsl_tf.training.run import run
 
         report = run(config)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     _print_summary(report)
     return 0
-
-
-def quiet_library_logs():
-    """TFDS logs every dataset it opens at INFO and a deprecation of its own internals."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("absl").addFilter(lambda record: "FeatureConnector.dtype" not in record.getMessage())
 
 
 def _print_summary(report):

@@ -56,7 +56,7 @@ def measure(height: int, width: int, two_views: bool, flip: bool) -> float:
 def main(argv):
     del argv
     results = {}
-    print(f"| size | one view (ex/s) | two views, MTPSL (ex/s) |\n|---|---|---|")
+    print("| size | one view (ex/s) | two views, MTPSL (ex/s) |\n|---|---|---|")
     for name, (h, w) in SIZES.items():
         flip = name.startswith("cityscapes")
         one, two = measure(h, w, False, flip), measure(h, w, True, flip)

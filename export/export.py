@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mtpsl_tf.cli import error_message, quiet_library_logs
+
 DEFAULT_FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
 REPORT = "export_report.json"
 
@@ -302,7 +304,7 @@ def cli(f) -> int:
     """Runs the export for parsed flags `f`; returns the exit code (0 ok, 1 broken, 2 bad input)."""
     from mtpsl_export.verification import VerificationError
 
-    _quiet_library_logs()
+    quiet_library_logs()
     try:
         report = export_model(f.model_dir, f.out, f.formats, f.height, f.width, which=f.which,
                               num_verify=f.num_verify, num_calibration=f.num_calibration,
@@ -313,19 +315,13 @@ def cli(f) -> int:
         print(f"error: {err}\nnothing was written to {f.out!r}", file=sys.stderr)
         return 1
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     print(summary(report))
     print(f"\nexported to {report['out_dir']} (report: {REPORT}, model card: model_card.md)")
     return 0
 
 
-def _quiet_library_logs():
-    """TFDS and the SavedModel writer log every step at INFO."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def summary(report: dict) -> str:

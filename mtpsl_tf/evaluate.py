@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
+from mtpsl_tf.cli import error_message
+
 RESULT_FILE = "eval_metrics.json"
 
 
@@ -147,8 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = evaluate_model_dir(args.model_dir, args.which, args.data_dir, args.split_dir,
                                     args.setting, args.batch_size)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     print(format_report(report))
     print(f"wrote {report['path']}")

@@ -25,6 +25,8 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mtpsl_tf.cli import error_message
+
 log = logging.getLogger("mtpsl_tf")
 
 NUM_STAGES = 5
@@ -375,8 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         imported = import_to_model_dir(args.checkpoint, args.dataset, args.out, args.dataset_config,
                                        args.setting, args.data_dir)
     except (UnsafeCheckpointError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
     arch = imported.architecture
     print(f"imported {args.checkpoint} (epoch {imported.epoch}): SegNet {arch.variant} "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import keras
 import tensorflow as tf

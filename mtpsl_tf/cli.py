@@ -1,0 +1,24 @@
+"""Small helpers shared by the command-line entry points (train, evaluate, import, export)."""
+
+from __future__ import annotations
+
+import logging
+
+# The exceptions our entry points turn into `error: ...` and exit status 2 (bad input).
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError)
+
+
+def error_message(err: BaseException) -> str:
+    """The text to show for a user error (a KeyError's str() would add quotes)."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
+
+
+def quiet_library_logs() -> None:
+    """TFDS and the SavedModel writer log every step at INFO, and TFDS warns about a
+    deprecation inside its own code on every dataset it opens."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("absl").addFilter(lambda record: "FeatureConnector.dtype" not in record.getMessage())
