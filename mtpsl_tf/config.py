@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("step", "poly")
 
 
 def _field(default, help: str, **kw):
@@ -22,7 +23,7 @@ def _field(default, help: str, **kw):
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = _field("synthetic", "Dataset name (registry): synthetic, nyuv2, cityscapes.")
+    dataset: str = _field("synthetic", "Dataset name (registry): synthetic, nyuv2, cityscapes, pascal_context.")
     data_dir: str = _field("", "TFDS data directory (empty: ~/tensorflow_datasets). Synthetic data is generated there.")
     dataset_config: str = _field("", "TFDS builder config name (empty: the dataset's default).")
     setting: str = _field("onelabel", "Label setting: full, onelabel, randomlabels, ratio=A:B[:..], ssl=F, or file=PATH.")
@@ -30,8 +31,10 @@ class DataConfig:
     split_dir: str = _field(
         "", "Folder with the authors' split files (e.g. nyuv2_onelabel.npy); when the setting has one "
         "there it is used instead of drawing masks.")
-    height: int = _field(0, "Synthetic: image height (multiple of 32). 0: the dataset's default.")
-    width: int = _field(0, "Synthetic: image width (multiple of 32). 0: the dataset's default.")
+    height: int = _field(0, "Image height (multiple of 32) for datasets that render or resize (synthetic, "
+                         "PASCAL-Context's 512). 0: the dataset's default.")
+    width: int = _field(0, "Image width (multiple of 32) for datasets that render or resize (synthetic, "
+                        "PASCAL-Context's 512). 0: the dataset's default.")
     num_train: int = _field(0, "Synthetic: number of training images. 0: the dataset's default.")
     num_test: int = _field(0, "Synthetic: number of test images. 0: the dataset's default.")
     batch_size: int = _field(2, "Global training batch size (split across replicas).")
@@ -42,9 +45,13 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = _field("segnet", "Backbone name (registry).")
+    backbone: str = _field("segnet", "Backbone name (registry): segnet, resnet18_aspp (PASCAL-Context).")
     variant: str = _field("standard", "SegNet variant: standard, wide, deep.")
-    filters: str = _field("", "Comma-separated 5 widths overriding the variant's (e.g. 16,32,64,128,128).")
+    filters: str = _field("", "Comma-separated 5 widths overriding the variant's (e.g. 16,32,64,128,128; "
+                          "resnet18_aspp: stem,layer1..layer4, default 64,64,128,256,512).")
+    pretrained: str = _field(
+        "", "Path to ImageNet weights for the backbone (resnet18_aspp: torchvision's resnet18 .pth state "
+        "dict, read without executing code). Empty: random init. Never downloaded.")
 
 
 @dataclasses.dataclass
@@ -64,6 +71,9 @@ class MethodConfig:
     rampup: str = _field("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
     film_learning_rate: float = _field(1e-3, "mtpsl: Adam lr of the FiLM tables (paper: 1e-3 NYU-v2, 1e-5 Cityscapes).")
     film_lr_decay_epochs: int = _field(30, "mtpsl: halve the FiLM learning rate every this many epochs.")
+    loss_weights: str = _field(
+        "", "Fixed per-task loss weights as task=w,... (empty: the dataset's, e.g. PASCAL-Context "
+        "semseg 1, human_parts 2, normals 10, sal 5, edge 50; 1 for every task elsewhere).")
 
 
 @dataclasses.dataclass
@@ -74,6 +84,12 @@ class TrainConfig:
     learning_rate: float = _field(1e-4, "Adam learning rate of the network.")
     lr_decay_epochs: int = _field(100, "Halve (x lr_decay_factor) the learning rate every this many epochs.")
     lr_decay_factor: float = _field(0.5, "Step-decay factor.")
+    lr_schedule: str = _field(
+        "step", "step (x lr_decay_factor every lr_decay_epochs, the SegNet scripts) or poly "
+        "(lr * (1 - epoch/epochs)^0.9 per epoch, Multi-Task-Learning-PyTorch).")
+    weight_decay: float = _field(
+        0.0, "L2 penalty added to the gradients before Adam, as torch.optim.Adam(weight_decay=...) "
+        "(PASCAL-Context: 1e-4). 0: none.")
     precision: str = _field("float32", "float32, mixed_float16 or mixed_bfloat16.")
     xla: bool = _field(False, "Compile train/test steps with XLA (jit_compile).")
     strategy: str = _field("default", "default, mirrored (all local devices) or multi_worker (TF_CONFIG).")
@@ -100,6 +116,10 @@ class ExperimentConfig:
         _choice("loss_reduction", self.method.loss_reduction, ("auto", "per_image", "batch"))
         _choice("consistency_mode", self.method.consistency_mode, ("auto", "mtpsl", "mtpsl_plus", "full"))
         _choice("rampup", self.method.rampup, ("fixed", "up"))
+        _choice("lr_schedule", t.lr_schedule, LR_SCHEDULES)
+        if t.weight_decay < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {t.weight_decay}")
+        self.loss_weight_overrides()
         if self.method.film_lr_decay_epochs <= 0 or self.method.film_learning_rate <= 0:
             raise ValueError("--film_learning_rate and --film_lr_decay_epochs must be > 0")
         for name, value in (("epochs", t.epochs), ("batch_size", d.batch_size),
@@ -126,6 +146,20 @@ class ExperimentConfig:
         if len(widths) != 5 or min(widths) <= 0:
             raise ValueError(f"--filters must be 5 positive integers, got {self.model.filters!r}")
         return widths
+
+    def loss_weight_overrides(self) -> Dict[str, float]:
+        """`--loss_weights` parsed: task -> weight (>= 0)."""
+        out = {}
+        for item in filter(None, self.method.loss_weights.split(",")):
+            key, sep, value = item.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not key.strip() or weight < 0:
+                raise ValueError(f"--loss_weights entries must look like task=w with w >= 0, got {item!r}")
+            out[key.strip()] = weight
+        return out
 
     def stl_reference_overrides(self) -> Dict[str, float]:
         out = {}

@@ -102,3 +102,14 @@ def test_mtpsl_trains_and_resumes(tmp_path):
     assert any(n.startswith("optimizer_film/") for n in names)
     run(tiny_config(tmp_path, model_dir, epochs=2, method="mtpsl"))
     assert [h["epoch"] for h in json.loads((model_dir / "history.json").read_text())] == [1, 2]
+
+
+def test_mtpsl_rejects_non_segnet_backbone(tmp_path):
+    from tests_helpers import tiny_config
+
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.methods.all import METHODS
+
+    config = tiny_config(tmp_path, tmp_path / "m", method="mtpsl", backbone="resnet18_aspp")
+    with pytest.raises(ValueError, match="--backbone=resnet18_aspp.*only --backbone=segnet"):
+        METHODS.get("mtpsl")(config, DATASETS.get("synthetic").tasks())

@@ -1,5 +1,14 @@
 """tf.data pipelines: TFDS examples -> batches in the DESIGN.md contract.
 
+Per dataset (its DatasetSpec): `to_contract` turns a TFDS example into the contract at the
+example's own size; the `train_policy` (AUGMENTATIONS) augments training examples (or makes
+the two views of MTPSL), the `test_policy` transforms test examples and, with augmentation
+off, training examples. NYU-v2 / Cityscapes / synthetic: the MTAN scripts' scale-crop, test
+examples unchanged. PASCAL-Context: Multi-Task-Learning-PyTorch's flip / scale / rotate and a
+fixed resize to 512 x 512 (`augment_pascal`); evaluation is at that size, the reference's
+validation resolution. (Their final evaluation resizes predictions back to each image's
+original size and scores there; we do not do that yet.)
+
 Training order and augmentation depend only on (seed, epoch, example index), so a run
 resumed at epoch e sees exactly the batches an uninterrupted run would.
 """
@@ -8,15 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.config import DataConfig
 from mtpsl_tf.data import settings as settings_lib
-from mtpsl_tf.data.registry import DATASETS, DatasetSpec
+from mtpsl_tf.data.registry import AUGMENTATIONS, DATASETS, DatasetSpec, default_to_contract
 from mtpsl_tf.tasks.base import Task
+
+ImageIds = Union[Sequence[str], Callable[[], Sequence[str]], None]
 
 
 @dataclasses.dataclass
@@ -28,7 +39,7 @@ class DataBundle:
         tasks: the tasks, in the dataset's order.
         train_examples, test_examples: split sizes.
         label_masks: uint8 `[N_train, T]` (row = dataset index), in task order.
-        height, width: training image size.
+        height, width: training (and evaluation) image size.
         builder: the TFDS builder (prepared).
     """
 
@@ -70,18 +81,77 @@ def _is_prepared(builder) -> bool:
     return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))
 
 
+def image_size(config: DataConfig, spec: DatasetSpec, builder) -> Tuple[int, int]:
+    """(height, width) of the training and evaluation images.
+
+    A dataset whose policies resize (e.g. PASCAL-Context) has `spec.image_size`, which
+    `--height` / `--width` override; otherwise the builder's image shape (which the synthetic
+    builder configs derive from `--height` / `--width`).
+    """
+    resizes = AUGMENTATIONS.get(spec.train_policy).resizes and AUGMENTATIONS.get(spec.test_policy).resizes
+    if spec.image_size is not None:
+        if resizes:
+            return (config.height or spec.image_size[0], config.width or spec.image_size[1])
+        return tuple(spec.image_size)
+    shape = builder.info.features["image"].shape
+    if shape[0] is None or shape[1] is None:
+        raise ValueError(f"dataset {spec.name!r}: its images vary in size (builder image shape "
+                         f"{shape}); its DatasetSpec must state the training image_size")
+    return shape[0], shape[1]
+
+
+def read_image_ids(builder, spec: DatasetSpec, split: str = "train") -> List[str]:
+    """The `spec.image_id_feature` of every example of `split`, in dataset-index order (row i
+    = the example with index i). Decodes only the ids and indices."""
+    import tensorflow_datasets as tfds
+
+    feature = spec.image_id_feature
+    if not feature:
+        raise ValueError(f"dataset {spec.name!r} has no image id feature, so it cannot use split "
+                         f"files that list image ids (.json)")
+    decoders = tfds.decode.PartialDecoding({feature: True, "index": True})
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    pairs = sorted((int(e["index"]), e[feature]) for e in tfds.as_numpy(ds))
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        raise ValueError(f"dataset {spec.name!r}, split {split!r}: the example indices are not "
+                         f"0..{len(pairs) - 1}")
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for _, v in pairs]
+
+
+def _split_file_names(names: Sequence[str]) -> List[str]:
+    """Our task names as `settings` names them when reading split files. Its json reader maps
+    the authors' PASCAL keys (semseg, normals, sal, ...) to NYU-style names (semantic, normal,
+    saliency, ...); PASCAL's tasks are named by those very keys, so they are translated the
+    same way. Columns are positional, so the masks are unchanged."""
+    return [settings_lib.PASCAL_SPLIT_KEYS.get(n, n) for n in names]
+
+
+def _ids_for(path: str, image_ids: ImageIds):
+    """The image ids a split file needs: only .json files list ids (read lazily)."""
+    if not str(path).endswith(".json"):
+        return None
+    return image_ids() if callable(image_ids) else image_ids
+
+
 def resolve_label_masks(config: DataConfig, spec: DatasetSpec, names: Sequence[str], num_examples: int,
-                        split_dir: str = "") -> np.ndarray:
+                        split_dir: str = "", image_ids: ImageIds = None) -> np.ndarray:
     """Per-example label masks `[N, T]` for the configured setting.
 
     With `split_dir`, a setting that has an official split file (e.g. NYU `onelabel`) is read
-    from it; otherwise masks are drawn from `setting_seed`.
+    from it; otherwise masks are drawn from `setting_seed`. Split files that list image ids
+    (PASCAL's .json, also via `file=`) need `image_ids`: the training split's ids in index
+    order, or a function returning them (called only then).
     """
     setting = settings_lib.parse_setting(config.setting)
     kind = getattr(setting, "kind", config.setting)
+    path = None
     if split_dir and kind in spec.split_files:
         path = os.path.join(split_dir, spec.split_files[kind])
-        masks = settings_lib.masks_from_split_file(path, list(names), num_examples=num_examples)
+    elif kind == "file":
+        path = setting.path
+    if path is not None:
+        masks = settings_lib.masks_from_split_file(path, _split_file_names(names), num_examples=num_examples,
+                                                   image_ids=_ids_for(path, image_ids))
     else:
         masks = settings_lib.label_masks(setting, num_examples, list(names), config.setting_seed)
     settings_lib.validate_masks(masks, list(names), source=f"--setting={config.setting}")
@@ -101,18 +171,10 @@ def load(config: DataConfig, split_dir: str = "") -> DataBundle:
     if train_n == 0 or test_n == 0:
         raise ValueError(f"dataset {spec.name!r} in {builder.data_dir!r} has an empty split "
                          f"(train={train_n}, test={test_n})")
-    shape = info.features["image"].shape
-    masks = resolve_label_masks(config, spec, [t.name for t in tasks], train_n, split_dir)
-    return DataBundle(spec, tasks, train_n, test_n, masks, shape[0], shape[1], builder)
-
-
-def _to_contract(example, tasks: Sequence[Task]) -> Dict[str, object]:
-    labels = {}
-    for t in tasks:
-        dtype = t.label_signature(None, None).dtype
-        labels[t.name] = tf.cast(example[t.name], dtype)
-    return {"image": tf.cast(example["image"], tf.float32), "labels": labels,
-            "index": tf.cast(example["index"], tf.int64)}
+    height, width = image_size(config, spec, builder)
+    masks = resolve_label_masks(config, spec, [t.name for t in tasks], train_n, split_dir,
+                                image_ids=lambda: read_image_ids(builder, spec, "train"))
+    return DataBundle(spec, tasks, train_n, test_n, masks, height, width, builder)
 
 
 def _attach_masks(element, masks: tf.Tensor, names: Sequence[str]):
@@ -121,44 +183,90 @@ def _attach_masks(element, masks: tf.Tensor, names: Sequence[str]):
     return element
 
 
-def _augment(element, seed: tf.Tensor, flip: bool, two_views: bool):
-    from mtpsl_tf.data import augment
-
+def _augment(element, seed: tf.Tensor, transform, two_views: bool):
+    """The training transform of one element, keyed by (seed, example index)."""
     key = tf.random.experimental.stateless_fold_in(seed, element["index"])
     if two_views:
-        image1, labels1, image2, labels2 = augment.two_views(element["image"], element["labels"], key, flip=flip)
+        image1, labels1, image2, labels2 = transform(element["image"], element["labels"], key)
         element.update(image=image1, labels=labels1, image_aug=image2, labels_aug=labels2)
         return element
-    image, labels = augment.random_scale_crop(element["image"], element["labels"], key)
-    if flip:
-        image, labels = augment.random_horizontal_flip(image, labels, tf.random.experimental.stateless_fold_in(key, 1))
+    image, labels = transform(element["image"], element["labels"], key)
     element.update(image=image, labels=labels)
     return element
 
 
+def _apply_test_transform(element, transform):
+    image, labels = transform(element["image"], element["labels"])
+    element.update(image=image, labels=labels)
+    return element
+
+
+def _size(bundle: DataBundle) -> Tuple[int, int]:
+    return (bundle.height, bundle.width)
+
+
+def _test_transform(bundle: DataBundle):
+    """The dataset's test transform (None: identity)."""
+    return AUGMENTATIONS.get(bundle.spec.test_policy).make_test(_size(bundle))
+
+
+def check_two_views(spec: DatasetSpec) -> None:
+    """Raises ValueError naming the dataset if its training policy has no two-view sampling."""
+    policy = AUGMENTATIONS.get(spec.train_policy)
+    if policy.make_two_views is None:
+        able = [n for n in AUGMENTATIONS if AUGMENTATIONS.get(n).make_two_views is not None]
+        raise ValueError(
+            f"dataset {spec.name!r}: its augmentation policy {policy.name!r} has no two-view "
+            f"sampling, which the method needs (MTPSL trains on two views of each image); two "
+            f"views are implemented for the policies {able} only")
+
+
+def _contract(spec: DatasetSpec):
+    return spec.to_contract or default_to_contract
+
+
 def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_epoch: int, epochs: int,
                   batch_size: int, two_views: bool = False) -> tf.data.Dataset:
-    """Batches for epochs [initial_epoch, epochs), each epoch a full pass, drop_remainder."""
+    """Batches for epochs [initial_epoch, epochs), each epoch a full pass, drop_remainder.
+
+    Raises:
+      ValueError: if `two_views` and the dataset's policy cannot make two views.
+    """
+    spec = bundle.spec
+    if two_views:
+        check_two_views(spec)
+    if epochs <= initial_epoch:
+        raise ValueError(f"nothing to train: epochs={epochs} <= initial_epoch={initial_epoch}")
     tasks, names = bundle.tasks, [t.name for t in bundle.tasks]
     masks = tf.constant(bundle.label_masks.astype(np.float32))
+    to_contract = _contract(spec)
     base = bundle.builder.as_dataset(split="train", shuffle_files=False)
-    base = base.map(lambda e: _to_contract(e, tasks), num_parallel_calls=tf.data.AUTOTUNE)
+    base = base.map(lambda e: to_contract(e, tasks), num_parallel_calls=tf.data.AUTOTUNE)
     base = base.map(lambda e: _attach_masks(e, masks, names), num_parallel_calls=tf.data.AUTOTUNE)
-    if config.cache:
+    augment = config.augment or two_views
+    if not augment:
+        fixed = _test_transform(bundle)  # deterministic: before the cache
+        if fixed is not None:
+            base = base.map(lambda e: _apply_test_transform(e, fixed), num_parallel_calls=tf.data.AUTOTUNE)
+    if config.cache and spec.cacheable:
         base = base.cache()
     n = bundle.train_examples
+    transform: Optional[Callable] = None
+    if augment:
+        # One transform for all epochs: it may hold compiled code (augment_pascal).
+        policy = AUGMENTATIONS.get(spec.train_policy)
+        make = policy.make_two_views if two_views else policy.make_train
+        transform = make(_size(bundle), spec.flip)
 
     def one_epoch(epoch: int) -> tf.data.Dataset:
         # Order and augmentation are functions of (seed, epoch) alone: exact resume.
         ds = base.shuffle(n, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
-        if config.augment or two_views:
+        if transform is not None:
             epoch_seed = tf.constant([seed, epoch], tf.int64)
-            ds = ds.map(lambda e: _augment(e, epoch_seed, bundle.spec.flip, two_views),
+            ds = ds.map(lambda e: _augment(e, epoch_seed, transform, two_views),
                         num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size, drop_remainder=True)
 
-    if epochs <= initial_epoch:
-        raise ValueError(f"nothing to train: epochs={epochs} <= initial_epoch={initial_epoch}")
     ds = one_epoch(initial_epoch)
     for epoch in range(initial_epoch + 1, epochs):
         ds = ds.concatenate(one_epoch(epoch))
@@ -166,10 +274,18 @@ def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_
 
 
 def test_dataset(bundle: DataBundle, batch_size: int) -> tf.data.Dataset:
+    """Test batches at the training size (the dataset's test policy), in the builder's order."""
     tasks = bundle.tasks
+    to_contract = _contract(bundle.spec)
     ds = bundle.builder.as_dataset(split="test", shuffle_files=False)
-    ds = ds.map(lambda e: _to_contract(e, tasks), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda e: to_contract(e, tasks), num_parallel_calls=tf.data.AUTOTUNE)
+    fixed = _test_transform(bundle)
+    if fixed is not None:
+        ds = ds.map(lambda e: _apply_test_transform(e, fixed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if bundle.spec.cacheable:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(bundle: DataBundle, batch_size: int, cap: int = 0) -> int:

@@ -21,6 +21,25 @@ def replica_sum(value: tf.Tensor) -> tf.Tensor:
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def resolve_loss_weights(config, tasks: Sequence[Task]) -> Dict[str, float]:
+    """Task name -> fixed loss weight: `--loss_weights`, else the dataset's defaults, else 1.
+
+    Raises:
+        ValueError: naming `--loss_weights` when it names a task the run does not have.
+    """
+    from mtpsl_tf.data.registry import DATASETS  # deferred: data imports tasks, not methods
+
+    names = [t.name for t in tasks]
+    defaults = {}
+    if config.data.dataset in DATASETS:
+        defaults = dict(getattr(DATASETS.get(config.data.dataset), "loss_weights", {}) or {})
+    overrides = config.loss_weight_overrides()
+    unknown = sorted(set(overrides) - set(defaults) - set(names))
+    if unknown:
+        raise ValueError(f"--loss_weights names unknown tasks {unknown}; the tasks are {names}")
+    return {n: float(overrides.get(n, defaults.get(n, 1.0))) for n in names}
+
+
 class Method(abc.ABC):
     """A training objective: turns network outputs, labels and masks into named losses.
 
@@ -34,9 +53,10 @@ class Method(abc.ABC):
 
     two_views = False
 
-    def __init__(self, config, tasks: Sequence[Task]):
+    def __init__(self, config, tasks: Sequence[Task], loss_weights: Dict[str, float] | None = None):
         self.config = config
         self.tasks = list(tasks)
+        self.loss_weights = resolve_loss_weights(config, self.tasks) if loss_weights is None else loss_weights
 
     def network_tasks(self) -> List[Task]:
         """The tasks the network predicts (stl: one)."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from mtpsl_tf.methods.base import METHODS, Method
 from mtpsl_tf.methods.consistency_compact import consistency_loss_compact, max_active_pairs
-from mtpsl_tf.methods.supervised import supervised_losses
+from mtpsl_tf.methods.supervised import supervised_losses, weighted_sum
 from mtpsl_tf.models.mapping import MappingNet
 from mtpsl_tf.training.schedules import StepDecay
 
@@ -38,6 +38,11 @@ class MTPSL(Method):
     two_views = True
 
     def __init__(self, config, tasks):
+        if config.model.backbone != "segnet":
+            raise ValueError(
+                f"--method=mtpsl with --backbone={config.model.backbone}: the mapping network is the "
+                "SegNet encoder, so only --backbone=segnet is supported (the paper's ResNet-18 mapping "
+                "for PASCAL-Context is not implemented yet)")
         super().__init__(config, tasks)
         self.mode = resolve_mode(config)
         self.labelled_counts: List[int] | None = None
@@ -89,7 +94,7 @@ class MTPSL(Method):
             self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
             capacity=self.capacity(local), seed=seed, reg_weight=self.config.method.reg_weight, training=True)
         parts["consistency"] = tf.reduce_sum(per_image) / float(global_batch_size)
-        parts["total"] = tf.add_n([parts[f"{t.name}_loss"] for t in self.tasks]) + \
+        parts["total"] = weighted_sum(parts, self.loss_weights) + \
             self.con_weight(progress) * parts["consistency"]
         return parts
 

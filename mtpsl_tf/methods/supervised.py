@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import METHODS, Method, replica_sum
+from mtpsl_tf.methods.base import METHODS, Method, replica_sum, resolve_loss_weights
 from mtpsl_tf.tasks.base import Task, safe_ratio
 
 
@@ -34,6 +34,15 @@ def supervised_losses(tasks: Sequence[Task], outputs, labels, masks, global_batc
                                                global_batch_size, reduction) for t in tasks}
 
 
+def weighted_sum(parts: Dict[str, tf.Tensor], weights: Dict[str, float]) -> tf.Tensor:
+    """sum_t w_t * parts["<t>_loss"] (the named parts stay unweighted, for monitoring)."""
+    terms = []
+    for name, weight in weights.items():
+        value = parts[f"{name}_loss"]
+        terms.append(value if weight == 1.0 else weight * value)
+    return tf.add_n(terms)
+
+
 def resolve_reduction(config) -> str:
     if config.method.loss_reduction != "auto":
         return config.method.loss_reduction
@@ -48,7 +57,7 @@ class SupervisedLearning(Method):
         outputs = network(batch["image"], training=True)
         parts = supervised_losses(self.tasks, outputs, batch["labels"], batch["label_mask"],
                                   global_batch_size, resolve_reduction(self.config))
-        parts["total"] = tf.add_n(list(parts.values()))
+        parts["total"] = weighted_sum(parts, self.loss_weights)
         return parts
 
 
@@ -61,7 +70,11 @@ class SingleTaskLearning(SupervisedLearning):
         wanted = config.method.stl_task
         if wanted not in names:
             raise ValueError(f"--method=stl needs --stl_task set to one of {names}, got {wanted!r}")
-        super().__init__(config, [t for t in tasks if t.name == wanted])
+        resolve_loss_weights(config, tasks)  # validates --loss_weights against all tasks
+        # A single-task network's loss is unweighted (Multi-Task-Learning-PyTorch's
+        # SingleTaskLoss); only an explicit --loss_weights entry changes it.
+        weights = {wanted: config.loss_weight_overrides().get(wanted, 1.0)}
+        super().__init__(config, [t for t in tasks if t.name == wanted], loss_weights=weights)
 
     def network_tasks(self) -> List[Task]:
         return self.tasks

@@ -120,6 +120,10 @@ class SegNet(keras.Model):
 
 
 @registry.BACKBONES.register("segnet")
-def build_segnet(heads, variant="standard", filters=None, name="segnet") -> SegNet:
-    """Registry entry: builds a SegNet from task heads (see `SegNet`)."""
+def build_segnet(heads, variant="standard", filters=None, pretrained="", name="segnet") -> SegNet:
+    """Registry entry: builds a SegNet from task heads (see `SegNet`). SegNet is trained from
+    scratch (as the reference): `pretrained` must be empty."""
+    if pretrained:
+        raise ValueError(f"--pretrained={pretrained!r}: the segnet backbone has no pretrained weights "
+                         "(the reference trains it from scratch); leave --pretrained empty")
     return SegNet(heads=heads, variant=variant, filters=filters, name=name)

@@ -1,4 +1,5 @@
-"""Surface normals: 3-channel head, L2-normalised; loss 1 - mean cosine over valid pixels."""
+"""Surface normals: 3-channel head, L2-normalised; loss 1 - mean cosine (default) or the
+MTL-PyTorch L1 loss over valid pixels."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ class Normal(Task):
     """Per-pixel unit normals.
 
     Labels: float32 `[B,H,W,3]` unit vectors, all-zero = invalid. Outputs: unit `[B,H,W,3]`.
-    Loss of one image: 1 - sum(pred * gt over valid pixels) / number of valid pixels.
+    Loss of one image, by `loss`:
+    - "cosine" (default, MTPSL): 1 - sum(pred * gt over valid pixels) / number of valid pixels,
+      valid = components summing to non-zero (the reference's test);
+    - "l1" (MTL-PyTorch NormalsLoss(normalize=True, size_average=True, norm=1)): the prediction
+      is re-normalised, p / (||p|| + 1e-12), and sum |p - gt| over the valid pixels' components is
+      divided by the number of valid ELEMENTS (3 per valid pixel, as their mask is per element),
+      valid = any non-zero component.
     """
 
     channels = 3
@@ -26,15 +33,34 @@ class Normal(Task):
     }
     primary_metric = "mean"
 
-    def __init__(self, name: str = "normal"):
+    LOSSES = ("cosine", "l1")
+
+    def __init__(self, name: str = "normal", loss: str = "cosine"):
+        if loss not in self.LOSSES:
+            raise ValueError(f"task {name!r}: loss must be one of {self.LOSSES}, got {loss!r}")
         self.name = name
+        self.loss = loss
 
     def loss_terms(self, pred, label):
+        if self.loss == "l1":
+            return self._l1_terms(pred, label)
         valid = tf.cast(tf.reduce_sum(label, axis=-1, keepdims=True) != 0, tf.float32)
         dot = tf.reduce_sum(pred * label * valid, axis=[1, 2, 3])
         count = tf.reduce_sum(valid, axis=[1, 2, 3])
         # 1 - dot/count, written as (count - dot)/count so an empty image gives 0.
         return count - dot, count
+
+    @staticmethod
+    def _l1_terms(pred, label):
+        pred = tf.cast(pred, tf.float32)
+        label = tf.cast(label, tf.float32)
+        squared = tf.reduce_sum(tf.square(pred), axis=-1, keepdims=True)
+        # ||p||, with a finite gradient at p = 0 (where tf.norm's would be NaN).
+        norm = tf.where(squared > 0, tf.sqrt(tf.where(squared > 0, squared, 1.0)), 0.0)
+        unit = pred / (norm + 1e-12)
+        valid = tf.cast(tf.reduce_any(label != 0, axis=-1, keepdims=True), tf.float32)
+        total = tf.reduce_sum(tf.abs(unit - label) * valid, axis=[1, 2, 3])
+        return total, 3.0 * tf.reduce_sum(valid, axis=[1, 2, 3])
 
     def make_metric(self):
         return NormalMetrics(name=f"{self.name}_metrics")

@@ -61,9 +61,10 @@ def training_size(config: ExperimentConfig, tasks_hint=None) -> tuple:
     if config.data.height and config.data.width:
         return config.data.height, config.data.width
     spec = DATASETS.get(config.data.dataset)
+    if spec.image_size is not None:  # stated by the dataset (PASCAL-Context): no data needed
+        return config.data.height or spec.image_size[0], config.data.width or spec.image_size[1]
     builder = pipeline.make_builder(config.data, spec)
-    shape = builder.info.features["image"].shape
-    return shape[0], shape[1]
+    return pipeline.image_size(config.data, spec, builder)
 
 
 def load_network(model_dir: str, which: str = "best", height: Optional[int] = None,
@@ -76,7 +77,7 @@ def load_network(model_dir: str, which: str = "best", height: Optional[int] = No
     tasks = dataset_tasks(config)
     if height is None or width is None:
         height, width = training_size(config)
-    network = build_network(config, tasks, height, width)
+    network = build_network(config, tasks, height, width, load_pretrained=False)  # the checkpoint has them
     status = tf.train.Checkpoint(network=weights_trackable(network)).restore(path)
     status.expect_partial().assert_existing_objects_matched()
     return Restored(network, config, tasks, path, height, width)

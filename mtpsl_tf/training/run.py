@@ -15,12 +15,14 @@ import tensorflow as tf
 from mtpsl_tf.config import ExperimentConfig, save_config
 from mtpsl_tf.data import pipeline
 from mtpsl_tf.methods.all import METHODS
-from mtpsl_tf.models import segnet  # noqa: F401  (registers the backbone)
+from mtpsl_tf.models import resnet  # noqa: F401  (registers resnet18_aspp)
+from mtpsl_tf.models import segnet  # noqa: F401  (registers segnet)
 from mtpsl_tf.models.registry import BACKBONES
 from mtpsl_tf.training import callbacks as callbacks_lib
 from mtpsl_tf.training import delta as delta_lib
 from mtpsl_tf.training.model import MultiTaskModel
-from mtpsl_tf.training.schedules import StepDecay
+from mtpsl_tf.training.optimizers import AdamL2
+from mtpsl_tf.training.schedules import PolyDecay, StepDecay
 
 log = logging.getLogger("mtpsl_tf")
 
@@ -48,19 +50,28 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def build_network(config: ExperimentConfig, tasks, height: int, width: int):
+def build_network(config: ExperimentConfig, tasks, height: int, width: int, load_pretrained: bool = True):
+    """The configured backbone with the tasks' heads, variables created.
+
+    `load_pretrained=False` skips `--pretrained` (when a checkpoint will overwrite the weights
+    anyway: resuming, evaluating, exporting on a machine without the ImageNet file).
+    """
     heads = {t.name: t.head_spec for t in tasks}
+    pretrained = os.path.expanduser(config.model.pretrained) if load_pretrained else ""
     network = BACKBONES.get(config.model.backbone)(
-        heads=heads, variant=config.model.variant, filters=config.filter_list())
+        heads=heads, variant=config.model.variant, filters=config.filter_list(), pretrained=pretrained)
     network(tf.zeros([1, height, width, 3]), training=False)  # create variables now
     return network
 
 
 def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> Dict[str, keras.optimizers.Optimizer]:
     t = config.train
-    lr = StepDecay(t.learning_rate, steps_per_epoch, t.lr_decay_epochs, t.lr_decay_factor)
+    if t.lr_schedule == "poly":
+        lr = PolyDecay(t.learning_rate, steps_per_epoch, t.epochs)
+    else:
+        lr = StepDecay(t.learning_rate, steps_per_epoch, t.lr_decay_epochs, t.lr_decay_factor)
     # torch.optim.Adam defaults: betas (0.9, 0.999), eps 1e-8 (Keras' default eps is 1e-7).
-    main = keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    main = AdamL2(l2=t.weight_decay, learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     if t.precision == "mixed_float16":
         main = keras.optimizers.LossScaleOptimizer(main)
     optimizers = {"main": main}
@@ -69,13 +80,13 @@ def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> 
 
 
 def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
-          label_masks=None) -> MultiTaskModel:
+          label_masks=None, load_pretrained: bool = True) -> MultiTaskModel:
     """Builds method, network and the training model (call inside the strategy scope)."""
     method = METHODS.get(config.method.method)(config, tasks)
     if label_masks is not None:
         method.observe_label_masks(label_masks)
     tasks = method.network_tasks()
-    network = build_network(config, tasks, height, width)
+    network = build_network(config, tasks, height, width, load_pretrained)
     method.build(network)
     model = MultiTaskModel(network, method, tasks, config.data.batch_size, steps)
     model.configure(jit_compile=config.train.xla)
@@ -139,8 +150,10 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     # Seed right before creating weights: preparing a dataset may consume Python/TF
     # random state, and the initial weights must not depend on whether it was cached.
     keras.utils.set_random_seed(config.train.seed)
+    resuming = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is not None
     with strategy.scope():
-        model = build(config, bundle.tasks, bundle.height, bundle.width, steps, bundle.label_masks)
+        model = build(config, bundle.tasks, bundle.height, bundle.width, steps, bundle.label_masks,
+                      load_pretrained=not resuming)
         _build_optimizer_state(model)
         ckpt = make_checkpoint(model)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"), max_to_keep=2)

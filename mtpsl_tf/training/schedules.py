@@ -27,3 +27,27 @@ class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"initial": self.initial, "steps_per_epoch": self.steps_per_epoch,
                 "decay_epochs": self.decay_epochs, "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="mtpsl_tf")
+class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr = initial * (1 - epoch / epochs) ** power, constant within an epoch.
+
+    Multi-Task-Learning-PyTorch's `adjust_learning_rate(scheduler="poly")`, called at the
+    start of every epoch with the 0-based epoch.
+    """
+
+    def __init__(self, initial: float, steps_per_epoch: int, epochs: int, power: float = 0.9):
+        self.initial = initial
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.power = power
+
+    def __call__(self, step):
+        epoch = tf.math.floordiv(tf.cast(step, tf.int64), self.steps_per_epoch)
+        remaining = tf.maximum(1.0 - tf.cast(epoch, tf.float32) / float(self.epochs), 0.0)
+        return self.initial * tf.pow(remaining, self.power)
+
+    def get_config(self):
+        return {"initial": self.initial, "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs, "power": self.power}

@@ -1,0 +1,128 @@
+"""Saliency (PASCAL-Context): 1-channel LOGIT head, balanced binary cross-entropy per image.
+
+Also the shared pieces of the binary logit tasks (saliency, edges): the balanced cross-entropy
+terms and the `BinaryLogitTask` base (label format, checks, visualisation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mtpsl_tf.metrics import SaliencyMetrics
+from mtpsl_tf.tasks.base import HIGHER, Task
+from mtpsl_tf.tasks.registry import TASKS
+
+IGNORE = -1.0
+_IGNORE_COLOUR = (0.1, 0.1, 0.5)  # labels: ignored pixels in dark blue (black = negative)
+
+
+def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None):
+    """Per-image terms of MTL-PyTorch's BalancedCrossEntropyLoss, on logits.
+
+    Per pixel, bce = max(x, 0) - x * y + log(1 + exp(-|x|)) (the reference's numerically stable
+    form of the binary cross-entropy of sigmoid(x)), y = [label >= 0.5]. Pixels with label < 0
+    (-1 = ignore) take no part. Per image:
+        numerator = w * sum_{positives} bce + (1 - w) * sum_{negatives} bce
+        count     = number of non-ignored pixels
+    w = `pos_weight` if given, else #negatives / #non-ignored pixels of THAT IMAGE (HED-style;
+    the reference computes it over the whole batch).
+
+    The reference's size_average divides the batch sum by every label element (B*H*W); per image
+    that is H*W, which equals `count` whenever no pixel is ignored (its PASCAL pipeline resizes,
+    never pads). With ignored pixels we divide by the non-ignored ones (the reference would count
+    void pixels in the denominator, and with a fixed pos_weight would not even mask them out).
+
+    Args:
+        logits, label: float `[B, H, W, 1]`.
+        pos_weight: None or a float in (0, 1).
+
+    Returns:
+        (numerator, count), float32 `[B]` each.
+    """
+    logits = tf.cast(logits, tf.float32)
+    label = tf.cast(label, tf.float32)
+    valid = label >= 0.0
+    positive = tf.cast(valid & (label >= 0.5), tf.float32)
+    negative = tf.cast(valid & (label < 0.5), tf.float32)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
+    axes = [1, 2, 3]
+    loss_pos = tf.reduce_sum(bce * positive, axis=axes)
+    loss_neg = tf.reduce_sum(bce * negative, axis=axes)
+    count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=axes)
+    if pos_weight is None:
+        weight = tf.math.divide_no_nan(tf.reduce_sum(negative, axis=axes), count)
+    else:
+        weight = tf.fill(tf.shape(count), tf.constant(pos_weight, tf.float32))
+    return weight * loss_pos + (1.0 - weight) * loss_neg, count
+
+
+class BinaryLogitTask(Task):
+    """A per-pixel binary task whose head outputs LOGITS (activation "linear").
+
+    Labels: float32 `[B,H,W,1]`, 1 = positive, 0 = negative, -1 = ignore (e.g. padding).
+    Outputs: logits `[B,H,W,1]`; metrics and `visualise` apply the sigmoid themselves.
+    """
+
+    channels = 1
+    activation = "linear"
+    kind = "binary"  # for messages
+
+    def update_metric(self, metric, label, pred):
+        metric.update_state(label, tf.sigmoid(tf.cast(pred, tf.float32)))
+
+    def label_signature(self, height, width):
+        return tf.TensorSpec([height, width, 1], tf.float32)
+
+    def check_label(self, label, where):
+        if label.ndim != 3 or label.shape[-1] != 1:
+            raise ValueError(f"{where}: {self.kind} label must be [H, W, 1], got shape {label.shape}")
+        bad = ~np.isin(label, (IGNORE, 0.0, 1.0))
+        if bad.any():
+            raise ValueError(f"{where}: {self.kind} label values must be 1, 0 or -1 (ignore), "
+                             f"found {np.unique(label[bad])[:5]}")
+
+    def visualise(self, value):
+        """Grey map `[B,H,W,3]`.
+
+        Labels and logits have the same shape, so an image whose values are all in {-1, 0, 1}
+        is shown as a label (1 white, 0 black, -1 dark blue); anything else is taken as logits
+        and shown as sigmoid(logit) in grey.
+        """
+        value = tf.cast(value[..., 0], tf.float32)
+        is_label = tf.reduce_all((value == IGNORE) | (value == 0.0) | (value == 1.0),
+                                 axis=[1, 2], keepdims=True)
+        grey = tf.where(is_label, tf.clip_by_value(value, 0.0, 1.0), tf.sigmoid(value))
+        rgb = tf.repeat(grey[..., None], 3, axis=-1)
+        ignored = (is_label & (value < 0.0))[..., None]
+        return tf.where(ignored, tf.constant(_IGNORE_COLOUR, tf.float32), rgb)
+
+
+@TASKS.register("saliency")
+class Saliency(BinaryLogitTask):
+    """Saliency estimation (MTL-PyTorch 'sal').
+
+    Head: 1 channel, activation "linear": the model outputs LOGITS; the metric and `visualise`
+    apply the sigmoid. Labels: float32 `[B,H,W,1]`, 1 salient, 0 not, -1 ignore.
+    Loss of one image: `balanced_bce_terms` with w = the image's fraction of negative pixels
+    (the reference's BalancedCrossEntropyLoss(size_average=True) computes w per BATCH; here it is
+    per IMAGE so that images can be averaged independently), over its non-ignored pixels.
+    Consequence of the per-image weight: an image whose valid pixels are all negative (w = 1) or
+    all positive (w = 0) has zero loss and gives no gradient; in the reference that only happens
+    when the whole batch is one-sided.
+    Metrics: `SaliencyMetrics` (`miou` over the 15 thresholds 0.2..0.9, as reported by MTPSL's
+    PASCAL table, and `maxF`).
+    """
+
+    kind = "saliency"
+    metric_directions = {"miou": HIGHER, "maxF": HIGHER}
+    primary_metric = "miou"
+
+    def __init__(self, name: str = "sal"):
+        self.name = name
+
+    def loss_terms(self, pred, label):
+        return balanced_bce_terms(pred, label, pos_weight=None)
+
+    def make_metric(self):
+        return SaliencyMetrics(name=f"{self.name}_metrics")
