@@ -21,7 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("method", "sl", "Method name (registry).")
-flags.DEFINE_string("dataset", "nyuv2", "Dataset whose tasks the network predicts (nyuv2, cityscapes, synthetic).")
+flags.DEFINE_string("dataset", "nyuv2", "Dataset whose tasks the network predicts (nyuv2, cityscapes, "
+                    "pascal_context, synthetic).")
+flags.DEFINE_string("backbone", "segnet", "Backbone name (segnet, resnet18_aspp).")
 flags.DEFINE_integer("height", 288, "Image height (multiple of 32).")
 flags.DEFINE_integer("width", 384, "Image width (multiple of 32).")
 flags.DEFINE_integer("batch_size", 2, "Images per step (two views each for two-view methods).")
@@ -75,6 +77,8 @@ def random_batch(tasks, batch_size, height, width, setting, two_views):
     import numpy as np
     import tensorflow as tf
 
+    from mtpsl_tf.tasks.saliency import BinaryLogitTask
+
     rng = np.random.default_rng(0)
 
     def labels():
@@ -83,6 +87,8 @@ def random_batch(tasks, batch_size, height, width, setting, two_views):
             spec = t.label_signature(height, width)
             if spec.dtype == tf.int32:
                 out[t.name] = tf.constant(rng.integers(-1, t.num_classes, [batch_size, height, width]), tf.int32)
+            elif isinstance(t, BinaryLogitTask):  # saliency / edges: {0, 1}
+                out[t.name] = tf.constant(rng.integers(0, 2, [batch_size, height, width, 1]).astype("float32"))
             elif t.channels == 3:
                 v = rng.normal(size=[batch_size, height, width, 3]).astype("float32")
                 out[t.name] = tf.constant(v / np.linalg.norm(v, axis=-1, keepdims=True))
@@ -112,11 +118,12 @@ def main(argv):
     config = ExperimentConfig()
     config.method.method = FLAGS.method
     config.model.filters = FLAGS.filters
+    config.model.backbone = FLAGS.backbone
     config.data.dataset, config.data.setting = FLAGS.dataset, FLAGS.setting
     config.data.batch_size = FLAGS.batch_size
     config.train.precision = FLAGS.precision
     if FLAGS.method == "stl":
-        config.method.stl_task = "semantic"
+        config.method.stl_task = DATASETS.get(FLAGS.dataset).tasks()[0].name
     config.validate()
     keras.utils.set_random_seed(0)
     with dtype_policy(FLAGS.precision):
@@ -135,7 +142,7 @@ def main(argv):
         step_s = (time.perf_counter() - start) / FLAGS.steps
     peak = matmul_peak()
     result = {
-        "method": FLAGS.method, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
+        "method": FLAGS.method, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
         "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
         "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
