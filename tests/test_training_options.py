@@ -106,3 +106,20 @@ def test_resnet18_aspp_trains_evaluates_and_resumes_on_synthetic(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     restored = load_network(str(model_dir))
     assert restored.network.get_config()["aspp_channels"] == 4
+
+
+def test_xla_with_dilated_backbone_on_cpu_warns(tmp_path, caplog):
+    import logging
+
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.training.run import build
+
+    config = tiny_config(tmp_path, tmp_path / "m", backbone="resnet18_aspp", xla=True)
+    with caplog.at_level(logging.WARNING, logger="mtpsl_tf"):
+        build(config, DATASETS.get("synthetic").tasks(), 32, 64, steps=1)
+    assert "consider --noxla" in caplog.text
+    caplog.clear()
+    config.model.backbone = "segnet"
+    with caplog.at_level(logging.WARNING, logger="mtpsl_tf"):
+        build(config, DATASETS.get("synthetic").tasks(), 32, 64, steps=1)
+    assert "consider --noxla" not in caplog.text

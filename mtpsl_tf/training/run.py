@@ -87,6 +87,10 @@ def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
         method.observe_label_masks(label_masks)
     tasks = method.network_tasks()
     network = build_network(config, tasks, height, width, load_pretrained)
+    if (config.train.xla and getattr(network, "slow_under_xla_on_cpu", False)
+            and not tf.config.list_physical_devices("GPU")):
+        log.warning("--xla with --backbone=%s on a CPU-only machine: XLA's CPU convolutions are slow "
+                    "with dilation (about 2.6x slower steps here); consider --noxla", config.model.backbone)
     method.build(network)
     model = MultiTaskModel(network, method, tasks, config.data.batch_size, steps)
     model.configure(jit_compile=config.train.xla)
