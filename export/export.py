@@ -62,6 +62,12 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
 
     restored = load_network(model_dir, which=which, height=height, width=width)
     contract.check_size(restored.height, restored.width)
+    unsupported = getattr(restored.network, "unsupported_export_formats", ())
+    refused = [f.name for f in chosen if f.name in unsupported]
+    if refused:
+        raise ValueError(f"--formats={','.join(refused)}: not supported for the "
+                         f"{restored.config.model.backbone} backbone of {model_dir!r} "
+                         f"({unsupported[refused[0]]}); choose among the other formats")
     data_config = dataclasses.replace(restored.config.data, **({"data_dir": data_dir} if data_dir else {}))
     size = (restored.height, restored.width)
     images, labels = held_out_examples(data_config, restored.tasks, size, num_verify)
@@ -217,6 +223,8 @@ def _verify(restored, chosen, files, staging, images, labels, tolerance, max_deg
             with open(files[fmt.name], "rb") as f:
                 entry["tflite"] = writers.tflite_summary(f.read())
             entry["xnnpack_delegated_nodes"] = runner.delegated_nodes()
+            if runner.xnnpack_error:
+                entry["xnnpack_error"] = runner.xnnpack_error
         else:
             entry["uint8_signature_max_abs_diff"] = _check_uint8(runner, images)
             if entry["uint8_signature_max_abs_diff"] > tolerance:

@@ -7,6 +7,8 @@ LiteRT runner (and a process that only benchmarks one) stays TensorFlow-free.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -86,10 +88,25 @@ class LiteRTRunner:
                  content: Optional[bytes] = None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.path = path or "<flatbuffer>"
-        self.interpreter = Interpreter(model_path=path, model_content=content, num_threads=num_threads,
-                                       experimental_op_resolver_type=resolver)
+        # Why XNNPACK is not in use although it was asked for (None: it is, or was not asked).
+        self.xnnpack_error: Optional[str] = None
+        self.interpreter = None
+        if xnnpack:
+            try:
+                self.interpreter = Interpreter(model_path=path, model_content=content, num_threads=num_threads,
+                                               experimental_op_resolver_type=OpResolverType.AUTO)
+                self.interpreter.allocate_tensors()  # XNNPACK prepares its nodes here
+            except RuntimeError as err:
+                # XNNPACK refuses some int8 graphs (e.g. dilated convolutions of the ResNet
+                # backbone); LiteRT's builtin kernels still run them.
+                self.xnnpack_error = str(err).strip().splitlines()[0]
+                logging.getLogger("mtpsl_export").warning(
+                    "%s: XNNPACK failed (%s); using LiteRT's builtin kernels", self.path, self.xnnpack_error)
+                self.interpreter = None
+        if self.interpreter is None:
+            self.interpreter = Interpreter(model_path=path, model_content=content, num_threads=num_threads,
+                                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         signatures = self.interpreter.get_signature_list()
         if "serving_default" not in signatures:
             raise ValueError(f"{self.path!r} has no 'serving_default' signature; it has {sorted(signatures)}")

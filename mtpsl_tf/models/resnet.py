@@ -243,6 +243,10 @@ class ResNetASPP(keras.Model):
     # XLA's CPU convolutions are slow with dilation (measured: a 512x512 training step 2.6x
     # slower than without XLA); the trainer warns when --xla is set on a CPU-only machine.
     slow_under_xla_on_cpu = True
+    # Export format -> why not (mtpsl_export refuses these before writing anything).
+    unsupported_export_formats = {
+        "tflite_int8": "LiteRT aborts the process running the int8 graph (XNNPACK cannot prepare "
+                       "it and the builtin kernels abort), measured with ai-edge-litert here"}
 
     def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int] | None = None,
                  aspp_channels: int = ASPP_CHANNELS, atrous_rates: Sequence[int] = ATROUS_RATES,
