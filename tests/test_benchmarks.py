@@ -1,0 +1,31 @@
+"""The benchmark scripts run (tiny shapes) and end with one JSON line, so they do not rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_conv_layers_benchmark():
+    report = _run("conv_layers.py", "--batch_size=1", "--height=32", "--width=32", "--repeats=1")
+    frameworks = {row["framework"] for row in report["rows"]}
+    assert {"tensorflow", "tensorflow+xla"} <= frameworks
+    assert all(row["gflops_per_s"] > 0 for row in report["rows"])
+
+
+def test_train_step_benchmark():
+    # One case (the PASCAL backbone, no XLA): each costs over a minute of tracing; the
+    # methods' steps themselves are covered by the training tests.
+    report = _run("train_step.py", "--dataset=pascal_context", "--backbone=resnet18_aspp", "--setting=full",
+                  "--noxla", "--filters=4,4,8,8,8", "--height=32", "--width=32", "--batch_size=2",
+                  "--warmup=1", "--steps=1")
+    assert report["step_s"] > 0 and report["conv_gflop_per_step"] > 0
