@@ -118,14 +118,6 @@ def read_image_ids(builder, spec: DatasetSpec, split: str = "train") -> List[str
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for _, v in pairs]
 
 
-def _split_file_names(names: Sequence[str]) -> List[str]:
-    """Our task names as `settings` names them when reading split files. Its json reader maps
-    the authors' PASCAL keys (semseg, normals, sal, ...) to NYU-style names (semantic, normal,
-    saliency, ...); PASCAL's tasks are named by those very keys, so they are translated the
-    same way. Columns are positional, so the masks are unchanged."""
-    return [settings_lib.PASCAL_SPLIT_KEYS.get(n, n) for n in names]
-
-
 def _ids_for(path: str, image_ids: ImageIds):
     """The image ids a split file needs: only .json files list ids (read lazily)."""
     if not str(path).endswith(".json"):
@@ -150,7 +142,7 @@ def resolve_label_masks(config: DataConfig, spec: DatasetSpec, names: Sequence[s
     elif kind == "file":
         path = setting.path
     if path is not None:
-        masks = settings_lib.masks_from_split_file(path, _split_file_names(names), num_examples=num_examples,
+        masks = settings_lib.masks_from_split_file(path, list(names), num_examples=num_examples,
                                                    image_ids=_ids_for(path, image_ids))
     else:
         masks = settings_lib.label_masks(setting, num_examples, list(names), config.setting_seed)

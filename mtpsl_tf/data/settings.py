@@ -323,10 +323,11 @@ def _image_index(image_ids: Sequence[str], path: pathlib.Path, num_examples) -> 
 
 
 def _task_lists(data, path: pathlib.Path) -> dict[str, list[str]]:
-    """The json's task -> ids lists, keyed by our task names."""
+    """The json's task -> ids lists, under the file's own keys (PASCAL-Context's task names)
+    and their NYU-style aliases (semseg -> semantic, ...)."""
     if not isinstance(data, Mapping) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"split file {path}: expected a json object of task -> list of image ids")
-    return {PASCAL_SPLIT_KEYS.get(key, key): ids for key, ids in data.items()}
+    return {**{PASCAL_SPLIT_KEYS.get(key, key): ids for key, ids in data.items()}, **data}
 
 
 def _masks_from_json(path, tasks, num_examples, image_ids) -> np.ndarray:

@@ -62,3 +62,19 @@ def count64(mask: tf.Tensor) -> tf.Tensor:
 def ratio(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
     """`numerator / denominator` in float64; NaN when the denominator is 0 (nothing seen yet)."""
     return tf.cast(numerator, tf.float64) / tf.cast(denominator, tf.float64)
+
+
+def summed_counter(metric, name: str, shape, dtype):
+    """A zero-initialised state variable of `metric`, summed across replicas."""
+    return metric.add_variable(shape=shape, initializer="zeros", dtype=dtype, aggregation="sum", name=name)
+
+
+def binary_maps(metric: str, gt, prob, sample_weight):
+    """Checked `[B,H,W,1]` binary labels and probabilities -> `(prob, valid, positive)` `[B,H,W]`:
+    valid = label >= 0 in a counted image, positive = valid and label >= 0.5."""
+    gt = tf.convert_to_tensor(gt)
+    prob = tf.convert_to_tensor(prob)
+    check_pair(metric, gt, prob, channels=1)
+    gt = tf.cast(gt[..., 0], tf.float32)
+    valid = (gt >= 0.0) & image_mask(metric, sample_weight, gt)
+    return tf.cast(prob[..., 0], tf.float32), valid, valid & (gt >= 0.5)

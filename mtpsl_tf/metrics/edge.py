@@ -160,9 +160,7 @@ class EdgeMetrics(keras.metrics.Metric):
         self.cnt_p = self._counter("cnt_p", (k,), "int64")
 
     def _counter(self, name, shape, dtype):
-        return self.add_variable(
-            shape=shape, initializer="zeros", dtype=dtype, aggregation="sum", name=name
-        )
+        return _common.summed_counter(self, name, shape, dtype)
 
     def _disk_max(self, x: tf.Tensor) -> tf.Tensor:
         height, width = x.shape[1], x.shape[2]
@@ -183,13 +181,7 @@ class EdgeMetrics(keras.metrics.Metric):
             prob: float `[B, H, W, 1]` edge probabilities (sigmoid of the head's logits).
             sample_weight: optional `[B]` per-image mask; images with weight <= 0 are skipped.
         """
-        gt = tf.convert_to_tensor(gt)
-        prob = tf.convert_to_tensor(prob)
-        _common.check_pair(self.name, gt, prob, channels=1)
-        gt = tf.cast(gt[..., 0], tf.float32)
-        prob = tf.cast(prob[..., 0], tf.float32)
-        valid = (gt >= 0.0) & _common.image_mask(self.name, sample_weight, gt)
-        edge = valid & (gt >= 0.5)
+        prob, valid, edge = _common.binary_maps(self.name, gt, prob, sample_weight)
 
         near_edge = self._disk_max(tf.cast(edge, tf.float32)) > 0.5
         best_nearby = self._disk_max(tf.where(valid, prob, _NOTHING))

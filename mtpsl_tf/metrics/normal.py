@@ -59,9 +59,7 @@ class NormalMetrics(keras.metrics.Metric):
         self.histogram = self._counter("histogram", (self._num_bins,), "int64")
 
     def _counter(self, name, shape, dtype):
-        return self.add_variable(
-            shape=shape, initializer="zeros", dtype=dtype, aggregation="sum", name=name
-        )
+        return _common.summed_counter(self, name, shape, dtype)
 
     def update_state(self, gt, pred, sample_weight=None):
         """Adds a batch.

@@ -106,9 +106,7 @@ class SaliencyMetrics(keras.metrics.Metric):
         self.sum_recall = self._counter("sum_recall", (k,), "float64")
 
     def _counter(self, name, shape, dtype):
-        return self.add_variable(
-            shape=shape, initializer="zeros", dtype=dtype, aggregation="sum", name=name
-        )
+        return _common.summed_counter(self, name, shape, dtype)
 
     def update_state(self, gt, prob, sample_weight=None):
         """Adds a batch.
@@ -118,13 +116,7 @@ class SaliencyMetrics(keras.metrics.Metric):
             prob: float `[B, H, W, 1]` saliency probabilities (sigmoid of the head's logits).
             sample_weight: optional `[B]` per-image mask; images with weight <= 0 are skipped.
         """
-        gt = tf.convert_to_tensor(gt)
-        prob = tf.convert_to_tensor(prob)
-        _common.check_pair(self.name, gt, prob, channels=1)
-        gt = tf.cast(gt[..., 0], tf.float32)
-        prob = tf.cast(prob[..., 0], tf.float32)
-        valid = (gt >= 0.0) & _common.image_mask(self.name, sample_weight, gt)
-        salient = valid & (gt >= 0.5)
+        prob, valid, salient = _common.binary_maps(self.name, gt, prob, sample_weight)
 
         tp = threshold_counts(prob, salient, self.thresholds, strict=True)  # [B, K]
         predicted = threshold_counts(prob, valid, self.thresholds, strict=True)

@@ -28,7 +28,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mtpsl_tf.models.heads import ACTIVATIONS
+from mtpsl_tf.models.heads import ACTIVATIONS, check_activation
 from mtpsl_tf.models.layers import PACKAGE, BatchNorm
 
 ATROUS_RATES = (12, 24, 36)
@@ -160,8 +160,7 @@ class DeepLabHead(keras.layers.Layer):
     def __init__(self, channels: int, activation: str, aspp_channels: int = ASPP_CHANNELS,
                  atrous_rates: Sequence[int] = ATROUS_RATES, dropout: float = DROPOUT, **kwargs):
         super().__init__(**kwargs)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown head activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         self.channels = channels
         self.activation = activation
         self.aspp_channels = aspp_channels

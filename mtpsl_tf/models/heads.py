@@ -21,6 +21,12 @@ ACTIVATIONS = {
 }
 
 
+def check_activation(activation: str) -> None:
+    """Raises ValueError unless `activation` is a key of ACTIVATIONS."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown head activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TaskHead(keras.layers.Layer):
     """conv3x3 (width) -> conv1x1 (channels) -> activation, output in float32.
@@ -34,8 +40,7 @@ class TaskHead(keras.layers.Layer):
 
     def __init__(self, width: int, channels: int, activation: str, **kwargs):
         super().__init__(**kwargs)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown head activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         self.width = width
         self.channels = channels
         self.activation = activation
