@@ -2,4 +2,8 @@
 
 from mtpsl_tf.registry import Registry
 
-BACKBONES: Registry = Registry("backbone")
+# One line per backbone module (see mtpsl_tf/registry.py).
+BACKBONES: Registry = Registry("backbone", modules=(
+    "mtpsl_tf.models.segnet",
+    "mtpsl_tf.models.resnet",
+))
