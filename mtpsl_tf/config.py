@@ -56,21 +56,16 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class MethodConfig:
-    method: str = _field("sl", "Training method (registry): sl, stl.")
+    method: str = _field("sl", "Training method (registry): sl, stl, mtpsl.")
+    weighting: str = _field(
+        "fixed", "Loss weighting (registry): how the per-task losses combine into the total; fixed: "
+        "the per-task weights of --loss_weights.")
     stl_task: str = _field("", "stl: the single task this network learns.")
     loss_reduction: str = _field(
         "auto",
         "Supervised loss over a batch: per_image (mean of per-image losses, the partial-label "
         "scripts), batch (pixels pooled over the batch, the reference's full-label SL script) or "
         "auto (batch for setting=full with method sl, else per_image).")
-    consistency_mode: str = _field(
-        "auto", "mtpsl: unlabelled source -> labelled target pairs; mtpsl_plus (Ours+): also labelled "
-        "sources; full: all ordered pairs; auto: full for --setting=full, else mtpsl.")
-    con_weight: float = _field(2.0, "mtpsl: weight of the consistency loss (paper: 2.0 NYU-v2, 1.0 Cityscapes).")
-    reg_weight: float = _field(0.5, "mtpsl: weight of the feature regulariser inside each pair loss.")
-    rampup: str = _field("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
-    film_learning_rate: float = _field(1e-3, "mtpsl: Adam lr of the FiLM tables (paper: 1e-3 NYU-v2, 1e-5 Cityscapes).")
-    film_lr_decay_epochs: int = _field(30, "mtpsl: halve the FiLM learning rate every this many epochs.")
     loss_weights: str = _field(
         "", "Fixed per-task loss weights as task=w,... (empty: the dataset's, e.g. PASCAL-Context "
         "semseg 1, human_parts 2, normals 10, sal 5, edge 50; 1 for every task elsewhere).")
@@ -107,6 +102,9 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    # The options of the method and the loss weighting in use (flag name -> value): they are
+    # declared by those components (mtpsl_tf/options.py), not here.
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> "ExperimentConfig":
         """Checks values that need no other module; raises ValueError naming the flag."""
@@ -114,14 +112,10 @@ class ExperimentConfig:
         _choice("precision", t.precision, PRECISIONS)
         _choice("strategy", t.strategy, STRATEGIES)
         _choice("loss_reduction", self.method.loss_reduction, ("auto", "per_image", "batch"))
-        _choice("consistency_mode", self.method.consistency_mode, ("auto", "mtpsl", "mtpsl_plus", "full"))
-        _choice("rampup", self.method.rampup, ("fixed", "up"))
         _choice("lr_schedule", t.lr_schedule, LR_SCHEDULES)
         if t.weight_decay < 0:
             raise ValueError(f"--weight_decay must be >= 0, got {t.weight_decay}")
         self.loss_weight_overrides()
-        if self.method.film_lr_decay_epochs <= 0 or self.method.film_learning_rate <= 0:
-            raise ValueError("--film_learning_rate and --film_lr_decay_epochs must be > 0")
         for name, value in (("epochs", t.epochs), ("batch_size", d.batch_size),
                             ("eval_batch_size", d.eval_batch_size), ("lr_decay_epochs", t.lr_decay_epochs),
                             ("eval_every", t.eval_every)):
@@ -178,16 +172,26 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "ExperimentConfig":
-        sections = {}
+        sections = {"options": dict(values.get("options", {}))}
         for f in dataclasses.fields(cls):
+            if f.name == "options":
+                continue
             section_cls = f.default_factory
             known = {x.name for x in dataclasses.fields(section_cls)}
-            given = values.get(f.name, {})
+            given = dict(values.get(f.name, {}))
+            if f.name == "method":  # config.json written before components owned their options
+                sections["options"].update({k: given.pop(k) for k in _LEGACY_METHOD_OPTIONS if k in given})
             unknown = set(given) - known
             if unknown:
                 raise ValueError(f"config section {f.name!r} has unknown keys {sorted(unknown)}")
             sections[f.name] = section_cls(**given)
         return cls(**sections)
+
+
+# Fields of the method section that became the MTPSL method's own options; config.json files
+# written before that still load.
+_LEGACY_METHOD_OPTIONS = ("consistency_mode", "con_weight", "reg_weight", "rampup", "film_learning_rate",
+                          "film_lr_decay_epochs")
 
 
 def _choice(flag: str, value: str, choices) -> None:
@@ -196,8 +200,11 @@ def _choice(flag: str, value: str, choices) -> None:
 
 
 def section_fields():
-    """Yields (section name, dataclasses.Field) for every flag-bound field."""
+    """Yields (section name, dataclasses.Field) for every flag-bound field of the sections
+    (the components' own options are declared by the components, see mtpsl_tf/options.py)."""
     for section in dataclasses.fields(ExperimentConfig):
+        if section.name == "options":
+            continue
         for f in dataclasses.fields(section.default_factory):
             yield section.name, f
 

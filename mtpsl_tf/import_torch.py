@@ -222,7 +222,7 @@ def build_mapping(mapfns: Mapping[str, np.ndarray], tasks: Sequence, dataset: st
 
     Returns (net, unused keys). Raises ValueError if its inputs do not fit the dataset's tasks.
     """
-    from mtpsl_tf.models import mapping
+    from mtpsl_tf.methods.mtpsl import mapping
 
     config = mapping.config_from_torch_state(mapfns)
     channels = [t.channels for t in tasks]

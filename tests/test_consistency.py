@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtpsl_tf.methods import consistency as con
-from mtpsl_tf.models import mapping
+import consistency_oracle as con
+from mtpsl_tf.methods.mtpsl import mapping
 
 TASKS = ["semantic", "depth", "normal"]
 PAIRS = [(s, t) for s in range(3) for t in range(3) if s != t]

@@ -310,7 +310,7 @@ def _python(module, *args):
 
 def test_cli_writes_a_model_dir_that_reloads(tmp_path, fixture_path, imported, parity):
     from mtpsl_tf.methods.all import METHODS
-    from mtpsl_tf.models.mapping import MappingNet
+    from mtpsl_tf.methods.mtpsl.mapping import MappingNet
     from mtpsl_tf.training.restore import load_network
     from mtpsl_tf.training.run import weights_trackable
 

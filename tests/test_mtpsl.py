@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtpsl_tf.methods import consistency as ref
-from mtpsl_tf.methods.consistency_compact import consistency_loss_compact, max_active_pairs
-from mtpsl_tf.models.mapping import MappingNet, load_torch_state
+import consistency_oracle as ref
+from mtpsl_tf.methods.mtpsl.compact import consistency_loss_compact
+from mtpsl_tf.methods.mtpsl.pairs import max_active_pairs
+from mtpsl_tf.methods.mtpsl.mapping import MappingNet, load_torch_state
 
 TASKS = ["semantic", "depth", "normal"]
 

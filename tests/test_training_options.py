@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from mtpsl_tf.methods.base import resolve_loss_weights
 from mtpsl_tf.methods.supervised import weighted_sum
-from mtpsl_tf.training.optimizers import AdamL2
-from mtpsl_tf.training.schedules import PolyDecay
+from mtpsl_tf.optim.optimizers import AdamL2
+from mtpsl_tf.optim.schedules import PolyDecay
 from tests_helpers import tiny_config
 
 

@@ -20,6 +20,10 @@ and XLA-compiled code draw the same crops and flips (TF's float draws differ und
 
 Shapes: `image` float [H, W, 3]; `labels` a dict of per-pixel labels [H, W] or [H, W, C], e.g.
 `{"semantic": int32 [H, W], "depth": float32 [H, W, 1], "normal": float32 [H, W, 3]}`.
+
+How a label behaves is its Task's (`tasks`, default: the task registered under the label's
+name): SMOOTH labels (normals) resize bilinearly like the image, the others nearest;
+`zoom_label` (depth: divided by the scale) and `mirror_label_values` (normals: x negated).
 """
 
 from __future__ import annotations
@@ -28,13 +32,10 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
+from mtpsl_tf.tasks.base import SMOOTH
+from mtpsl_tf.tasks.registry import resolve_tasks
+
 DEFAULT_SCALES = (1.0, 1.2, 1.5)
-# Labels resized bilinearly like the image; all other labels use nearest.
-BILINEAR_LABELS = frozenset({"normal"})
-# Labels divided by the scale after the resize (a zoom by sc brings the scene sc times closer).
-DEPTH_LABELS = frozenset({"depth"})
-# Surface normals: a horizontal flip negates their x (channel 0) component.
-NORMAL_LABELS = frozenset({"normal"})
 _ALG = "philox"
 
 
@@ -178,15 +179,16 @@ def _check_labels(image: tf.Tensor, labels: Mapping[str, tf.Tensor]) -> dict[str
     return labels
 
 
-def random_scale_crop(image, labels, seed, scales: Sequence[float] = DEFAULT_SCALES):
+def random_scale_crop(image, labels, seed, scales: Sequence[float] = DEFAULT_SCALES, tasks=None):
     """The authors' RandomScaleCrop on one example.
 
     Args:
       image: float [H, W, C].
-      labels: dict name -> [H, W] or [H, W, C]; `normal` resized bilinearly, everything else
-        nearest; `depth` also divided by the chosen scale.
+      labels: dict name -> [H, W] or [H, W, C]; SMOOTH labels (normals) resized bilinearly,
+        everything else nearest; then each task's `zoom_label` (depth: divided by the scale).
       seed: int [2], the stateless seed.
       scales: the candidate scales (>= 1), chosen uniformly.
+      tasks: the labels' Tasks (see `resolve_tasks`); default looked up by label name.
 
     Returns:
       (image [H, W, C], labels with the same keys, shapes and dtypes).
@@ -196,34 +198,32 @@ def random_scale_crop(image, labels, seed, scales: Sequence[float] = DEFAULT_SCA
     height, width = _spatial_size(image)
     scale, crop_height, crop_width, top, left = scale_crop_params(seed, height, width, scales)
     window = (top, left, crop_height, crop_width, height, width)
+    kinds = resolve_tasks(labels, tasks)
     out_labels = {}
     for key, value in labels.items():
-        resize = crop_resize_bilinear if key in BILINEAR_LABELS else crop_resize_nearest
-        value = resize(value, *window)
-        if key in DEPTH_LABELS:
-            value = value / tf.cast(scale, value.dtype)
-        out_labels[key] = value
+        smooth = kinds[key].label_resampling == SMOOTH
+        resize = crop_resize_bilinear if smooth else crop_resize_nearest
+        out_labels[key] = kinds[key].zoom_label(resize(value, *window), scale)
     return crop_resize_bilinear(image, *window), out_labels
 
 
-def flip_horizontal(image, labels):
-    """Mirrors image [H, W, C] and every label [H, W, ...] left-right; negates normals' x.
+def flip_horizontal(image, labels, tasks=None):
+    """Mirrors image [H, W, C] and every label [H, W, ...] left-right, then applies each
+    task's `mirror_label_values` (normals: x negated).
 
     The authors flip only Cityscapes (image, semantic, depth), which has no normals. A mirrored
     scene has mirrored normals, so the x component (channel 0, the image's horizontal axis)
     changes sign; without it flipped normals would disagree with the flipped image.
     """
     image = tf.reverse(tf.convert_to_tensor(image), axis=[1])
+    kinds = resolve_tasks(labels, tasks)
     flipped = {}
     for key, value in labels.items():
-        value = tf.reverse(tf.convert_to_tensor(value), axis=[1])
-        if key in NORMAL_LABELS:
-            value = tf.concat([-value[..., :1], value[..., 1:]], axis=-1)
-        flipped[key] = value
+        flipped[key] = kinds[key].mirror_label_values(tf.reverse(tf.convert_to_tensor(value), axis=[1]))
     return image, flipped
 
 
-def random_horizontal_flip(image, labels, seed, p: float = 0.5):
+def random_horizontal_flip(image, labels, seed, p: float = 0.5, tasks=None):
     """`flip_horizontal` with probability `p` (the reference's `torch.rand(1) < 0.5`).
 
     Returns (image, labels) with unchanged shapes and dtypes.
@@ -240,11 +240,12 @@ def random_horizontal_flip(image, labels, seed, p: float = 0.5):
     )
     do_flip = tf.cast(bits, tf.float32) * 2.0**-24 < p
     return tf.cond(
-        do_flip, lambda: flip_horizontal(image, labels), lambda: (image, dict(labels))
+        do_flip, lambda: flip_horizontal(image, labels, tasks), lambda: (image, dict(labels))
     )
 
 
-def two_views(image, labels, seed, flip: bool = False, scales: Sequence[float] = DEFAULT_SCALES):
+def two_views(image, labels, seed, flip: bool = False, scales: Sequence[float] = DEFAULT_SCALES,
+              tasks=None):
     """The two views of MTPSL: view 1 from the example, view 2 from view 1.
 
     view 1 = random_scale_crop(example); view 2 = random_scale_crop(view 1). With `flip` (the
@@ -256,10 +257,10 @@ def two_views(image, labels, seed, flip: bool = False, scales: Sequence[float] =
     """
     seeds = _split_seed(seed, 4)
     if flip:
-        image, labels = random_horizontal_flip(image, labels, seeds[0])
-    image1, labels1 = random_scale_crop(image, labels, seeds[1], scales)
+        image, labels = random_horizontal_flip(image, labels, seeds[0], tasks=tasks)
+    image1, labels1 = random_scale_crop(image, labels, seeds[1], scales, tasks)
     image2, labels2 = image1, labels1
     if flip:
-        image2, labels2 = random_horizontal_flip(image2, labels2, seeds[2])
-    image2, labels2 = random_scale_crop(image2, labels2, seeds[3], scales)
+        image2, labels2 = random_horizontal_flip(image2, labels2, seeds[2], tasks=tasks)
+    image2, labels2 = random_scale_crop(image2, labels2, seeds[3], scales, tasks)
     return image1, labels1, image2, labels2

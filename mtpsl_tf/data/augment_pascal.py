@@ -78,17 +78,19 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mtpsl_tf.tasks.base import SMOOTH
+from mtpsl_tf.tasks.normal import rotate_in_plane as rotate_normals_in_plane
+from mtpsl_tf.tasks.registry import resolve_tasks
+
 DEFAULT_SIZE = (512, 512)  # TRAIN.SCALE = TEST.SCALE for PASCALContext
 ROTATIONS = (-20.0, 20.0)  # degrees
 SCALES = (0.75, 1.25)
 FLIP_PROBABILITY = 0.5
 
-# Their FLAGVALS: cv2.INTER_CUBIC for these labels (and the image); INTER_NEAREST otherwise.
-CUBIC_LABELS = frozenset({"normals"})
-# Surface normals: flipped, rotated in-plane and renormalised with the image.
-NORMAL_LABELS = frozenset({"normals"})
-# Labels whose all-zero map means "not annotated" (AddIgnoreRegions) -> all IGNORE.
-ALL_ZERO_IGNORED = frozenset({"human_parts"})
+# Per-label behaviour is the label's Task's (see `resolve_tasks`): their FLAGVALS use
+# cv2.INTER_CUBIC for SMOOTH labels (normals, and the image) and INTER_NEAREST otherwise;
+# `mirror_label_values`, `rotate_label_values`, `renormalise_label` and `add_ignore_regions`
+# (human parts: an all-zero map -> all IGNORE) do the rest.
 IGNORE = -1
 
 NEAREST, CUBIC = "nearest", "cubic"
@@ -363,17 +365,14 @@ def _check(image, labels: Mapping[str, tf.Tensor]):
     return image, labels
 
 
-def _interpolation(key: str) -> str:
-    return CUBIC if key in CUBIC_LABELS else NEAREST
-
-
-def _layout(image: tf.Tensor, labels: Mapping[str, tf.Tensor]) -> tuple:
+def _layout(image: tf.Tensor, labels: Mapping[str, tf.Tensor], tasks=None) -> tuple:
     """How the maps are batched, one float32 stack per interpolation (a hashable, static
     description): ((interpolation, ((key, channels, rank, dtype), ...)), ...); key None is
     the image. Nearest maps travel as float32, exact for labels' small integers."""
+    kinds = resolve_tasks(labels, tasks)
     groups = {CUBIC: [(None, image)], NEAREST: []}
     for key, value in labels.items():
-        groups[_interpolation(key)].append((key, value))
+        groups[CUBIC if kinds[key].label_resampling == SMOOTH else NEAREST].append((key, value))
     layout = []
     for interpolation, members in groups.items():
         entries = []
@@ -429,47 +428,35 @@ def _resize_stacks(stacks, tables, cubic_along=_cubic_along, nearest=_nearest_re
     return out
 
 
-def maybe_flip(image, labels, do_flip, valid_width=None):
+def maybe_flip(image, labels, do_flip, valid_width=None, tasks=None):
     """RandomHorizontalFlip's flip where `do_flip` (bool scalar tensor): mirrors image and
-    labels left-right, negates the normals' x (channel 0).
+    labels left-right, then each task's `mirror_label_values` (normals: x negated).
 
     With `valid_width`, only columns [:valid_width] are mirrored (the rest is padding).
     """
     image, labels = _check(image, labels)
+    kinds = resolve_tasks(labels, tasks)
     do_flip = tf.convert_to_tensor(do_flip, tf.bool)
     width = tf.shape(image)[1]
     valid_width = width if valid_width is None else tf.cast(valid_width, tf.int32)
     cols = tf.range(width)
     cols = tf.where(do_flip & (cols < valid_width), valid_width - 1 - cols, cols)
-    sign = tf.where(do_flip, -1.0, 1.0)
     flipped = {}
     for key, value in labels.items():
         value = tf.gather(value, cols, axis=1)
-        if key in NORMAL_LABELS:
-            value = tf.concat([value[..., :1] * tf.cast(sign, value.dtype), value[..., 1:]], axis=-1)
-        flipped[key] = value
+        mirrored = kinds[key].mirror_label_values(value)
+        flipped[key] = value if mirrored is value else tf.where(do_flip, mirrored, value)
     return tf.gather(image, cols, axis=1), flipped
 
 
-def horizontal_flip(image, labels):
+def horizontal_flip(image, labels, tasks=None):
     """The flip of RandomHorizontalFlip, always applied."""
-    return maybe_flip(image, labels, True)
+    return maybe_flip(image, labels, True, tasks=tasks)
 
 
-def rotate_normals_in_plane(normals, angle) -> tf.Tensor:
-    """ScaleNRotate's in-plane turn of normals [H, W, 3] by `angle` degrees (their formula:
-    a = atan2(n0, n1), r = |(n0, n1)|, n0 <- r sin(a + angle), n1 <- r cos(a + angle))."""
-    normals = tf.convert_to_tensor(normals)
-    radians = tf.cast(tf.cast(angle, tf.float64) * (2.0 * math.pi / 360.0), normals.dtype)
-    n0, n1 = normals[..., 0], normals[..., 1]
-    in_plane = tf.atan2(n0, n1) + radians
-    norm = tf.sqrt(n0 * n0 + n1 * n1)
-    return tf.stack([tf.sin(in_plane) * norm, tf.cos(in_plane) * norm, normals[..., 2]], axis=-1)
-
-
-def _rotate_normals(labels, angle) -> dict:
-    return {key: rotate_normals_in_plane(value, angle) if key in NORMAL_LABELS else value
-            for key, value in labels.items()}
+def _rotate_values(labels, angle, tasks=None) -> dict:
+    kinds = resolve_tasks(labels, tasks)
+    return {key: kinds[key].rotate_label_values(value, angle) for key, value in labels.items()}
 
 
 def scale_rotate_matrix(valid_size, angle, scale) -> tf.Tensor:
@@ -478,7 +465,7 @@ def scale_rotate_matrix(valid_size, angle, scale) -> tf.Tensor:
     return rotation_matrix(w / 2.0, h / 2.0, angle, scale)
 
 
-def scale_and_rotate(image, labels, angle, scale, valid_size=None):
+def scale_and_rotate(image, labels, angle, scale, valid_size=None, tasks=None):
     """ScaleNRotate with a given angle (degrees) and scale, about (w / 2, h / 2).
 
     Returns (image, labels) of the input shapes and dtypes (see `warp_affine` for
@@ -487,47 +474,42 @@ def scale_and_rotate(image, labels, angle, scale, valid_size=None):
     image, labels = _check(image, labels)
     valid = _valid(image, valid_size)
     tables = warp_tables(scale_rotate_matrix(valid, angle, scale), *_spatial_size(image))
-    labels = _rotate_normals(labels, angle)
-    layout = _layout(image, labels)
+    labels = _rotate_values(labels, angle, tasks)
+    layout = _layout(image, labels, tasks)
     stacks = _group(image, labels, layout)
     return _ungroup({k: _warp_with(x, tables, k, valid) for k, x in stacks.items()}, layout)
 
 
-def _renormalise(labels, size) -> dict:
-    eps = float(np.finfo(np.float32).eps)
+def _renormalise(labels, size, tasks=None) -> dict:
+    kinds = resolve_tasks(labels, tasks)
     out = {}
     for key, value in labels.items():
-        if key in NORMAL_LABELS:
-            norm = tf.sqrt(tf.reduce_sum(tf.square(value), axis=-1, keepdims=True))
-            value = value / (norm + tf.cast(eps, value.dtype))
+        value = kinds[key].renormalise_label(value)
         out[key] = tf.ensure_shape(value, list(size) + value.shape.as_list()[2:])
     return out
 
 
-def fixed_resize(image, labels, size: Sequence[int] = DEFAULT_SIZE, valid_size=None):
+def fixed_resize(image, labels, size: Sequence[int] = DEFAULT_SIZE, valid_size=None, tasks=None):
     """FixedResize to `size` (height, width): cubic image and normals, nearest labels; normals
     renormalised by (|n| + float32 eps). Outputs have the static shape [height, width, ...]."""
     image, labels = _check(image, labels)
     size = _check_size(size)
     tables = resize_tables(_valid(image, valid_size), size)
-    layout = _layout(image, labels)
+    layout = _layout(image, labels, tasks)
     image, labels = _ungroup(_resize_stacks(_group(image, labels, layout), tables), layout)
     image = tf.ensure_shape(image, list(size) + image.shape.as_list()[2:])
-    return image, _renormalise(labels, size)
+    return image, _renormalise(labels, size, tasks)
 
 
-def add_ignore_regions(labels):
-    """AddIgnoreRegions: an all-zero human_parts map becomes all IGNORE (-1).
+def add_ignore_regions(labels, tasks=None):
+    """AddIgnoreRegions: each task's `add_ignore_regions` (an all-zero human_parts map becomes
+    all IGNORE (-1)).
 
     Normals of norm 0 are the reference's other ignore region; all-zero already marks an
     invalid normal in our contract, so they are left as they are.
     """
-    out = dict(labels)
-    for key in ALL_ZERO_IGNORED & set(labels):
-        value = tf.convert_to_tensor(labels[key])
-        ignore = tf.fill(tf.shape(value), tf.cast(IGNORE, value.dtype))
-        out[key] = tf.where(tf.reduce_any(value != 0), value, ignore)
-    return out
+    kinds = resolve_tasks(labels, tasks)
+    return {key: kinds[key].add_ignore_regions(tf.convert_to_tensor(value)) for key, value in labels.items()}
 
 
 def to_tensor_image(image) -> tf.Tensor:
@@ -594,8 +576,9 @@ class _Transform:
     instance per pipeline: the compiled code is cached per instance.
     """
 
-    def __init__(self, size: Sequence[int], jit: bool, bucket: int):
+    def __init__(self, size: Sequence[int], jit: bool, bucket: int, tasks=None):
         self.size = _check_size(size)
+        self.tasks = tasks
         if bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {bucket}")
         self.bucket = int(bucket)
@@ -611,15 +594,14 @@ class _Transform:
         self._pre = wrap(self._pre_steps)
         self._post = wrap(self._post_steps)
 
-    @staticmethod
-    def _pre_steps(image, labels, do_flip, angle, valid_width, layout):
-        image, labels = maybe_flip(image, labels, do_flip, valid_width)
-        return _group(image, _rotate_normals(labels, angle), layout)
+    def _pre_steps(self, image, labels, do_flip, angle, valid_width, layout):
+        image, labels = maybe_flip(image, labels, do_flip, valid_width, self.tasks)
+        return _group(image, _rotate_values(labels, angle, self.tasks), layout)
 
     def _post_steps(self, stacks, layout):
         image, labels = _ungroup(stacks, layout)
         image = tf.ensure_shape(image, list(self.size) + image.shape.as_list()[2:])
-        return to_tensor_image(image), add_ignore_regions(_renormalise(labels, self.size))
+        return to_tensor_image(image), add_ignore_regions(_renormalise(labels, self.size, self.tasks), self.tasks)
 
     def _run(self, image, labels, params=None):
         """params None: FixedResize only; else (flip, angle, scale) for the training steps."""
@@ -628,7 +610,7 @@ class _Transform:
         valid = (valid[0], valid[1])
         image = _pad_to_multiple(image, self.bucket)
         labels = {key: _pad_to_multiple(value, self.bucket) for key, value in labels.items()}
-        layout = _layout(image, labels)
+        layout = _layout(image, labels, self.tasks)
         if params is None:
             stacks = self._group(image, labels, layout)
         else:
@@ -652,6 +634,7 @@ class TrainTransform(_Transform):
       rotations, scales: ScaleNRotate's ranges (degrees, zoom factors).
       jit: run the kernels XLA-compiled (see `_Transform`).
       bucket: maps are zero-padded to multiples of this before the compiled kernels.
+      tasks: the labels' Tasks (see `resolve_tasks`); default looked up by label name.
 
     Call args: image float [H, W, 3] in [0, 1]; labels dict task -> [H, W] or [H, W, C];
     seed int [2]. Returns image float32 [height, width, 3] in [0, 1] and the labels with the
@@ -660,8 +643,8 @@ class TrainTransform(_Transform):
 
     def __init__(self, size: Sequence[int] = DEFAULT_SIZE, flip: bool = True,
                  rotations: Sequence[float] = ROTATIONS, scales: Sequence[float] = SCALES,
-                 jit: bool = True, bucket: int = 128):
-        super().__init__(size, jit, bucket)
+                 jit: bool = True, bucket: int = 128, tasks=None):
+        super().__init__(size, jit, bucket, tasks)
         self.rotations = _check_range("rotations", rotations)
         self.scales = _check_range("scales", scales)
         self.flip_probability = FLIP_PROBABILITY if flip else 0.0
@@ -681,8 +664,8 @@ class TestTransform(_Transform):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, size: Sequence[int] = DEFAULT_SIZE, jit: bool = True, bucket: int = 128):
-        super().__init__(size, jit, bucket)
+    def __init__(self, size: Sequence[int] = DEFAULT_SIZE, jit: bool = True, bucket: int = 128, tasks=None):
+        super().__init__(size, jit, bucket, tasks)
 
     def __call__(self, image, labels):
         return self._run(image, labels)

@@ -1,4 +1,3 @@
-"""Imports every method module so their registry entries exist."""
+"""The methods registry, filled on first lookup (see METHODS' module list in methods/base.py)."""
 
-from mtpsl_tf.methods import mtpsl, supervised  # noqa: F401
 from mtpsl_tf.methods.base import METHODS  # noqa: F401

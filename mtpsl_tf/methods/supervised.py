@@ -6,8 +6,10 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import METHODS, Method, replica_sum, resolve_loss_weights
+from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, replica_sum
+from mtpsl_tf.methods.facts import resolve_reduction  # noqa: F401  (re-exported)
 from mtpsl_tf.tasks.base import Task, safe_ratio
+from mtpsl_tf.weighting.base import weighted_sum  # noqa: F401  (re-exported)
 
 
 def masked_task_loss(task: Task, pred, label, mask, global_batch_size: int, reduction: str) -> tf.Tensor:
@@ -30,51 +32,40 @@ def masked_task_loss(task: Task, pred, label, mask, global_batch_size: int, redu
 def supervised_losses(tasks: Sequence[Task], outputs, labels, masks, global_batch_size: int,
                       reduction: str) -> Dict[str, tf.Tensor]:
     """Named per-task losses `{"<task>_loss": scalar}` for the given tasks."""
-    return {f"{t.name}_loss": masked_task_loss(t, outputs[t.name], labels[t.name], masks[t.name],
-                                               global_batch_size, reduction) for t in tasks}
+    losses = task_losses(tasks, outputs, labels, masks, global_batch_size, reduction)
+    return {f"{name}_loss": value for name, value in losses.items()}
 
 
-def weighted_sum(parts: Dict[str, tf.Tensor], weights: Dict[str, float]) -> tf.Tensor:
-    """sum_t w_t * parts["<t>_loss"] (the named parts stay unweighted, for monitoring)."""
-    terms = []
-    for name, weight in weights.items():
-        value = parts[f"{name}_loss"]
-        terms.append(value if weight == 1.0 else weight * value)
-    return tf.add_n(terms)
-
-
-def resolve_reduction(config) -> str:
-    if config.method.loss_reduction != "auto":
-        return config.method.loss_reduction
-    return "batch" if config.data.setting == "full" and config.method.method == "sl" else "per_image"
+def task_losses(tasks: Sequence[Task], outputs, labels, masks, global_batch_size: int,
+                reduction: str) -> Dict[str, tf.Tensor]:
+    """task name -> its masked loss (`masked_task_loss`), in task order."""
+    return {t.name: masked_task_loss(t, outputs[t.name], labels[t.name], masks[t.name], global_batch_size,
+                                     reduction) for t in tasks}
 
 
 @METHODS.register("sl")
 class SupervisedLearning(Method):
-    """MTL supervised learning (SPEC section 3): masked per-task losses, summed."""
+    """MTL supervised learning (SPEC section 3): masked per-task losses, combined by the weighting."""
 
-    def losses(self, network, batch, global_batch_size, progress, step):
+    def loss_terms(self, network, batch, global_batch_size, progress, step):
         outputs = network(batch["image"], training=True)
-        parts = supervised_losses(self.tasks, outputs, batch["labels"], batch["label_mask"],
-                                  global_batch_size, resolve_reduction(self.config))
-        parts["total"] = weighted_sum(parts, self.loss_weights)
-        return parts
+        losses = task_losses(self.tasks, outputs, batch["labels"], batch["label_mask"], global_batch_size,
+                             self.facts.loss_reduction)
+        return LossTerms(losses, presence(self.tasks, batch["label_mask"]))
 
 
 @METHODS.register("stl")
 class SingleTaskLearning(SupervisedLearning):
     """One network for one task (`--stl_task`), trained on the images labelled for it."""
 
-    def __init__(self, config, tasks):
+    def select_tasks(self, tasks: List[Task]) -> List[Task]:
         names = [t.name for t in tasks]
-        wanted = config.method.stl_task
-        if wanted not in names:
-            raise ValueError(f"--method=stl needs --stl_task set to one of {names}, got {wanted!r}")
-        resolve_loss_weights(config, tasks)  # validates --loss_weights against all tasks
+        if self.facts.stl_task not in names:
+            raise ValueError(f"--method=stl needs --stl_task set to one of {names}, got {self.facts.stl_task!r}")
+        return [t for t in tasks if t.name == self.facts.stl_task]
+
+    def static_weights(self) -> Dict[str, float]:
         # A single-task network's loss is unweighted (Multi-Task-Learning-PyTorch's
         # SingleTaskLoss); only an explicit --loss_weights entry changes it.
-        weights = {wanted: config.loss_weight_overrides().get(wanted, 1.0)}
-        super().__init__(config, [t for t in tasks if t.name == wanted], loss_weights=weights)
-
-    def network_tasks(self) -> List[Task]:
-        return self.tasks
+        wanted = self.facts.stl_task
+        return {wanted: float(self.facts.explicit_loss_weights.get(wanted, 1.0))}

@@ -1,4 +1,3 @@
-"""Imports every task module so their registry entries exist."""
+"""The tasks registry, filled on first lookup (see TASKS' module list in tasks/registry.py)."""
 
-from mtpsl_tf.tasks import depth, edge, normal, saliency, semantic  # noqa: F401
 from mtpsl_tf.tasks.registry import TASKS  # noqa: F401

@@ -1,4 +1,6 @@
-"""What every task module provides: head spec, masked per-image loss, metrics, directions."""
+"""What every task module provides: head spec, masked per-image loss, metrics and their
+directions, colouring, how its label behaves under geometric augmentation, and how its
+prediction and label enter a cross-task mapping (MTPSL)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 HIGHER, LOWER = "higher", "lower"
+# How a label map is resampled by geometric augmentation.
+NEAREST, SMOOTH = "nearest", "smooth"
 
 
 def safe_ratio(total: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
@@ -26,7 +30,17 @@ class Task(abc.ABC):
         activation: head activation name (see models.heads.ACTIVATIONS).
         metric_directions: metric name -> "higher" / "lower" is better.
         primary_metric: the metric Delta-MTL and model selection use.
+        label_resampling: NEAREST (class ids, binary maps, depth: nearest neighbour) or SMOOTH
+            (continuous fields, interpolated like the image: bilinear in the `mtan` policy,
+            cubic in `mtl_pytorch`).
+        mapping_needs_noise: `mapping_prediction` samples noise (needs `noise` or `seed`).
+
+    The label and mapping hooks are classmethods: they describe the KIND of task, so the
+    augmentation and consistency code can also use a class looked up by name in TASKS.
     """
+
+    label_resampling = NEAREST
+    mapping_needs_noise = False
 
     name: str
     channels: int
@@ -66,3 +80,49 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def visualise(self, value: tf.Tensor) -> tf.Tensor:
         """Prediction or label `[B,H,W,C]` -> displayable `[B,H,W,3]` float in [0,1]."""
+
+    # ------------------------------------------------------------------ label geometry
+    @classmethod
+    def mirror_label_values(cls, label: tf.Tensor) -> tf.Tensor:
+        """The values of a label map after it was mirrored left-right (the map itself is
+        already reversed); default unchanged. Vector fields negate their x component."""
+        return label
+
+    @classmethod
+    def zoom_label(cls, label: tf.Tensor, scale) -> tf.Tensor:
+        """The label after a zoom by `scale` (>1 brings the scene closer); default unchanged.
+        Depth divides by the scale (the authors' RandomScaleCrop)."""
+        del scale
+        return label
+
+    @classmethod
+    def rotate_label_values(cls, label: tf.Tensor, angle) -> tf.Tensor:
+        """The values of a label map whose image turns by `angle` degrees in-plane (the map's
+        pixels are warped separately); default unchanged. Normals turn with the image."""
+        del angle
+        return label
+
+    @classmethod
+    def renormalise_label(cls, label: tf.Tensor) -> tf.Tensor:
+        """After a resize that can change magnitudes (MTL-PyTorch's FixedResize); default
+        unchanged. Normals are re-normalised to unit length."""
+        return label
+
+    @classmethod
+    def add_ignore_regions(cls, label: tf.Tensor) -> tf.Tensor:
+        """MTL-PyTorch's AddIgnoreRegions for this task's label; default unchanged."""
+        return label
+
+    # ------------------------------------------------------------------ cross-task mapping
+    @classmethod
+    def mapping_prediction(cls, pred: tf.Tensor, noise=None, seed=None) -> tf.Tensor:
+        """A prediction `[B,H,W,C]` (as the head outputs it) -> the mapping network's input
+        for this task, `[B,H,W,channels]`. `noise`/`seed` serve tasks that sample
+        (`mapping_needs_noise`)."""
+        raise NotImplementedError(f"task kind {cls.__name__} has no cross-task mapping input")
+
+    @classmethod
+    def mapping_label(cls, label: tf.Tensor, channels: int, dtype=tf.float32) -> tf.Tensor:
+        """A label batch (as in the data contract) -> the mapping network's input for this
+        task, float `[B,H,W,channels]`, ignored pixels zero."""
+        raise NotImplementedError(f"task kind {cls.__name__} has no cross-task mapping input")

@@ -10,6 +10,17 @@ from mtpsl_tf.tasks.base import LOWER, Task
 from mtpsl_tf.tasks.registry import TASKS
 
 
+# Added to the per-image maximum before dividing, as the reference does.
+_DEPTH_EPS = 1e-12
+
+
+def normalise_by_image_max(x) -> tf.Tensor:
+    """`x / (max over each image + 1e-12)` for `[B, H, W, C]` (per image, as the reference's
+    single-item `pred.max()`)."""
+    peak = tf.reduce_max(x, axis=[1, 2, 3], keepdims=True)
+    return x / (peak + _DEPTH_EPS)
+
+
 def _colour_ramp(x):
     """[..] in [0,1] -> [..,3]: a simple perceptual-ish ramp (dark blue -> yellow)."""
     stops = tf.constant([[0.05, 0.03, 0.33], [0.23, 0.32, 0.55], [0.13, 0.57, 0.55], [0.36, 0.78, 0.38], [0.99, 0.91, 0.14]])
@@ -59,3 +70,17 @@ class Depth(Task):
         value = value[..., 0]
         top = tf.reduce_max(value, axis=[1, 2], keepdims=True)
         return _colour_ramp(tf.math.divide_no_nan(value, top))
+
+    @classmethod
+    def zoom_label(cls, label, scale):
+        # A zoom by `scale` brings the scene `scale` times closer.
+        return label / tf.cast(scale, label.dtype)
+
+    @classmethod
+    def mapping_prediction(cls, pred, noise=None, seed=None):
+        """Per-image max-normalised depth."""
+        return normalise_by_image_max(tf.convert_to_tensor(pred))
+
+    @classmethod
+    def mapping_label(cls, label, channels, dtype=tf.float32):
+        return normalise_by_image_max(tf.cast(label, dtype))

@@ -3,15 +3,29 @@ MTL-PyTorch L1 loss over valid pixels."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import NormalMetrics
-from mtpsl_tf.tasks.base import LOWER, HIGHER, Task
+from mtpsl_tf.tasks.base import HIGHER, LOWER, SMOOTH, Task
 from mtpsl_tf.tasks.registry import TASKS
 
 
+def rotate_in_plane(normals, angle) -> tf.Tensor:
+    """MTL-PyTorch ScaleNRotate's in-plane turn of normals [..., 3] by `angle` degrees (their
+    formula: a = atan2(n0, n1), r = |(n0, n1)|, n0 <- r sin(a + angle), n1 <- r cos(a + angle))."""
+    normals = tf.convert_to_tensor(normals)
+    radians = tf.cast(tf.cast(angle, tf.float64) * (2.0 * math.pi / 360.0), normals.dtype)
+    n0, n1 = normals[..., 0], normals[..., 1]
+    in_plane = tf.atan2(n0, n1) + radians
+    norm = tf.sqrt(n0 * n0 + n1 * n1)
+    return tf.stack([tf.sin(in_plane) * norm, tf.cos(in_plane) * norm, normals[..., 2]], axis=-1)
+
+
 @TASKS.register("normal")
+@TASKS.register("normals")  # PASCAL-Context's name
 class Normal(Task):
     """Per-pixel unit normals.
 
@@ -32,6 +46,7 @@ class Normal(Task):
         "within_11.25": HIGHER, "within_22.5": HIGHER, "within_30": HIGHER,
     }
     primary_metric = "mean"
+    label_resampling = SMOOTH
 
     LOSSES = ("cosine", "l1")
 
@@ -79,3 +94,29 @@ class Normal(Task):
 
     def visualise(self, value):
         return tf.clip_by_value((value + 1.0) / 2.0, 0.0, 1.0)
+
+    @classmethod
+    def mirror_label_values(cls, label):
+        # A mirrored scene has mirrored normals: the x component (the image's horizontal
+        # axis, channel 0) changes sign.
+        return tf.concat([-label[..., :1], label[..., 1:]], axis=-1)
+
+    @classmethod
+    def rotate_label_values(cls, label, angle):
+        return rotate_in_plane(label, angle)
+
+    @classmethod
+    def renormalise_label(cls, label):
+        """n / (|n| + float32 eps), MTL-PyTorch's FixedResize of normals."""
+        eps = float(np.finfo(np.float32).eps)
+        norm = tf.sqrt(tf.reduce_sum(tf.square(label), axis=-1, keepdims=True))
+        return label / (norm + tf.cast(eps, label.dtype))
+
+    @classmethod
+    def mapping_prediction(cls, pred, noise=None, seed=None):
+        """(n + 1) / 2."""
+        return (tf.convert_to_tensor(pred) + 1.0) / 2.0
+
+    @classmethod
+    def mapping_label(cls, label, channels, dtype=tf.float32):
+        return (tf.cast(label, dtype) + 1.0) / 2.0

@@ -14,3 +14,16 @@ TASKS: Registry = Registry("task", modules=(
     "mtpsl_tf.tasks.saliency",
     "mtpsl_tf.tasks.edge",
 ))
+
+
+def resolve_tasks(names, tasks=None) -> dict:
+    """name -> the Task that handles the label of that name.
+
+    `tasks` (Task objects, a sequence or a name -> Task mapping) are used as given; names not
+    among them are looked up in TASKS (the class registered under that name: its label and
+    mapping hooks are classmethods). Raises KeyError naming the known task names.
+    """
+    given = {}
+    if tasks is not None:
+        given = dict(tasks) if hasattr(tasks, "items") else {t.name: t for t in tasks}
+    return {name: given[name] if name in given else TASKS.get(name) for name in names}

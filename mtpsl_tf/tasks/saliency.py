@@ -71,6 +71,17 @@ class BinaryLogitTask(Task):
     def update_metric(self, metric, label, pred):
         metric.update_state(label, tf.sigmoid(tf.cast(pred, tf.float32)))
 
+    @classmethod
+    def mapping_prediction(cls, pred, noise=None, seed=None):
+        """The probability sigmoid(logit) (issue #11's choice, see docs/DESIGN.md)."""
+        return tf.sigmoid(tf.convert_to_tensor(pred))
+
+    @classmethod
+    def mapping_label(cls, label, channels, dtype=tf.float32):
+        """The {0, 1} label with ignored (-1) pixels zero."""
+        label = tf.cast(label, dtype)
+        return tf.where(label < 0, tf.zeros_like(label), label)
+
     def label_signature(self, height, width):
         return tf.TensorSpec([height, width, 1], tf.float32)
 
@@ -99,6 +110,7 @@ class BinaryLogitTask(Task):
 
 
 @TASKS.register("saliency")
+@TASKS.register("sal")  # PASCAL-Context's name
 class Saliency(BinaryLogitTask):
     """Saliency estimation (MTL-PyTorch 'sal').
 

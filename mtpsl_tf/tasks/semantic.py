@@ -12,6 +12,37 @@ from mtpsl_tf.tasks.registry import TASKS
 IGNORE = -1
 
 
+def sample_gumbel(shape, seed) -> tf.Tensor:
+    """Standard Gumbel noise `-log(-log(u))`, u ~ U(0, 1), from a stateless int `[2]` seed.
+
+    Philox is pinned so that eager and XLA-compiled steps draw the same numbers.
+    """
+    tiny = np.finfo(np.float32).tiny
+    uniform = tf.random.stateless_uniform(shape, seed=seed, minval=tiny, maxval=1.0, alg="philox")
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def gumbel_softmax_hard(logits, noise, tau: float = 1.0) -> tf.Tensor:
+    """Hard Gumbel-softmax over the last axis with a straight-through gradient.
+
+    Forward: one-hot of argmax(logits + noise). Backward: the gradient of
+    softmax((logits + noise) / tau). Same construction as PyTorch's `gumbel_softmax(hard=True)`:
+    `y_hard - stop_gradient(y_soft) + y_soft`.
+    """
+    perturbed = logits + noise
+    soft = tf.nn.softmax(perturbed / tau, axis=-1)
+    hard = tf.one_hot(tf.argmax(perturbed, axis=-1), tf.shape(logits)[-1], dtype=soft.dtype)
+    return hard - tf.stop_gradient(soft) + soft
+
+
+def one_hot_with_ignore(label, channels: int, dtype=tf.float32) -> tf.Tensor:
+    """int `[B,H,W]` (-1 = ignore) -> float one-hot `[B,H,W,channels]`, ignored pixels all-zero."""
+    label = tf.cast(label, tf.int32)
+    valid = label >= 0
+    one_hot = tf.one_hot(tf.where(valid, label, 0), channels, dtype=dtype)
+    return one_hot * tf.cast(valid, dtype)[..., None]
+
+
 def palette(num_classes: int) -> np.ndarray:
     """`[C, 3]` float colours in [0,1], distinct and deterministic (Pascal-VOC bit trick)."""
     colours = np.zeros((num_classes, 3), np.float32)
@@ -26,6 +57,7 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 @TASKS.register("semantic")
+@TASKS.register("semseg")  # PASCAL-Context's name
 class Semantic(Task):
     """Per-pixel classification.
 
@@ -36,6 +68,9 @@ class Semantic(Task):
     activation = "log_softmax"
     metric_directions = {"miou": HIGHER, "pixel_acc": HIGHER}
     primary_metric = "miou"
+    mapping_needs_noise = True
+    # AddIgnoreRegions: an all-zero map means "not annotated" (human parts) -> all ignore.
+    unannotated_when_all_zero = False
 
     def __init__(self, num_classes: int, name: str = "semantic"):
         if num_classes < 2:
@@ -75,3 +110,37 @@ class Semantic(Task):
         colours = tf.constant(np.concatenate([palette(self.num_classes), np.zeros((1, 3), np.float32)]))
         index = tf.where(value < 0, self.num_classes, value)  # ignore -> black
         return tf.gather(colours, index)
+
+    @classmethod
+    def add_ignore_regions(cls, label):
+        if not cls.unannotated_when_all_zero:
+            return label
+        label = tf.convert_to_tensor(label)
+        ignore = tf.fill(tf.shape(label), tf.cast(IGNORE, label.dtype))
+        return tf.where(tf.reduce_any(label != 0), label, ignore)
+
+    @classmethod
+    def mapping_prediction(cls, pred, noise=None, seed=None):
+        """Hard Gumbel-softmax sample (tau 1, straight-through) of the log-probabilities;
+        `noise` broadcastable to `pred` (zeros: the argmax one-hot) or a stateless `seed`."""
+        pred = tf.convert_to_tensor(pred)
+        if noise is None:
+            if seed is None:
+                raise ValueError("semantic preprocessing needs gumbel_noise or a seed")
+            noise = sample_gumbel(tf.shape(pred), seed)
+        return gumbel_softmax_hard(pred, tf.cast(noise, pred.dtype), tau=1.0)
+
+    @classmethod
+    def mapping_label(cls, label, channels, dtype=tf.float32):
+        return one_hot_with_ignore(label, channels, dtype)
+
+
+@TASKS.register("human_parts")
+class HumanParts(Semantic):
+    """PASCAL-Context human parts: 7-way segmentation whose all-zero map means the image
+    has no annotated person (AddIgnoreRegions makes it all ignore)."""
+
+    unannotated_when_all_zero = True
+
+    def __init__(self, num_classes: int = 7, name: str = "human_parts"):
+        super().__init__(num_classes, name=name)

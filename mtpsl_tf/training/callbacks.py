@@ -120,6 +120,20 @@ class EpochEnd(keras.callbacks.Callback):
             tf.summary.image(f"{task.name}/label_vs_prediction", panel, step=step, max_outputs=8)
 
 
+class WeightingEpochEnd(keras.callbacks.Callback):
+    """Hands each epoch's mean task losses to the loss weighting (`end_epoch`), before the
+    epoch's checkpoint is written (list it before `EpochEnd`)."""
+
+    def __init__(self, weighting):
+        super().__init__()
+        self.weighting = weighting
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        means = {n: float(logs[f"{n}_loss"]) for n in self.weighting.task_names if f"{n}_loss" in logs}
+        self.weighting.end_epoch(epoch + 1, means)
+
+
 def _read_history(path: str) -> List[Dict[str, object]]:
     if not os.path.exists(path):
         return []

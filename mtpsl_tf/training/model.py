@@ -9,14 +9,16 @@ import tensorflow as tf
 
 from mtpsl_tf.methods.base import Method, replica_sum
 from mtpsl_tf.tasks.base import Task
+from mtpsl_tf.weighting.base import SHARED_PARAMETERS
 
 
 class MultiTaskModel(keras.Model):
     """Wraps a network (dict outputs) and a Method (losses) for `fit` / `evaluate`.
 
-    `train_step` computes the method's named losses, applies loss scaling for mixed
-    precision, and updates each variable group with its own optimiser
-    (`optimizers[group]`). `test_step` streams every task's metrics over the whole split;
+    `train_step` computes the method's loss terms, combines the task losses with the method's
+    loss weighting (for a weighting that asks for them, from the per-task gradients of the
+    network's shared variables), applies loss scaling for mixed precision, and updates each
+    variable group with its own optimiser (`optimizers[group]`). `test_step` streams every task's metrics over the whole split;
     `evaluate` returns them flattened as "task/metric".
 
     Args:
@@ -62,23 +64,52 @@ class MultiTaskModel(keras.Model):
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
         progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
-        with tf.GradientTape() as tape:
-            losses = self.method.losses(self.network, batch, self.global_batch_size, progress, main.iterations)
-            scaled = main.scale_loss(losses["total"])
+        weighting = self.method.weighting
+        per_task = weighting.gradient_source == SHARED_PARAMETERS
         names = list(groups)
         flat = [v for n in names for v in groups[n]]
+        with tf.GradientTape(persistent=per_task) as tape:
+            terms = self.method.loss_terms(self.network, batch, self.global_batch_size, progress, main.iterations)
+            total = self.method.total(terms)
+            scaled = main.scale_loss(total)
         grads = tape.gradient(scaled, flat)
+        if per_task:
+            grads = self._per_task_gradients(tape, terms, flat, grads, main)
+        del tape
         start = 0
         for name in names:
             count = len(groups[name])
             pairs = list(zip(grads[start:start + count], groups[name]))
             start += count
             self._apply(name, pairs, main)
+        losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
+        losses.update(terms.extra)
+        losses["total"] = total
         # Keras sums per-replica trackers' states; each replica's loss is its share of
         # the global mean, so report the replica-summed value.
         for name, value in losses.items():
             self.loss_trackers[name].update_state(replica_sum(value))
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        return logs
+
+    def _per_task_gradients(self, tape, terms, flat, grads, main):
+        """`grads` with the shared variables' entries replaced by the weighting's combination
+        of each present task's (scaled) gradient of them."""
+        shared = {id(v) for v in self.network.shared_trainable_variables()}
+        positions = [i for i, v in enumerate(flat) if id(v) in shared]
+        variables = [flat[i] for i in positions]
+        task_grads = {}
+        for name, loss in terms.tasks.items():
+            g = tape.gradient(main.scale_loss(loss), variables)
+            task_grads[name] = [tf.zeros_like(v) if x is None else x for x, v in zip(g, variables)]
+        combined = self.method.weighting.combine_gradients(task_grads, terms.tasks, terms.present)
+        # The extra terms (e.g. consistency) keep their own gradient of the shared variables.
+        extra = sum((w * terms.extra[n] for n, w in terms.extra_weights.items()), tf.constant(0.0))
+        extra_grads = tape.gradient(main.scale_loss(extra), variables) if terms.extra else [None] * len(variables)
+        grads = list(grads)
+        for i, c, e in zip(positions, combined, extra_grads):
+            grads[i] = c if e is None else c + e
+        return grads
 
     def _apply(self, name, pairs, main):
         optimizer = self.group_optimizers[name]

@@ -44,13 +44,12 @@ def find_checkpoint(model_dir: str, which: str = "best") -> str:
 
 
 def dataset_tasks(config: ExperimentConfig) -> List[Task]:
-    """The tasks of the network the config trains (dataset's tasks, or the stl task)."""
+    """The tasks of the network the config trains (the method's: the dataset's, or stl's one)."""
     from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.methods.facts import build_method
 
     tasks = DATASETS.get(config.data.dataset).tasks(config.data.dataset_config)
-    if config.method.method == "stl":
-        tasks = [t for t in tasks if t.name == config.method.stl_task]
-    return tasks
+    return build_method(config, tasks).network_tasks()
 
 
 def training_size(config: ExperimentConfig, tasks_hint=None) -> tuple:

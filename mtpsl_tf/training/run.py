@@ -14,15 +14,13 @@ import tensorflow as tf
 
 from mtpsl_tf.config import ExperimentConfig, save_config
 from mtpsl_tf.data import pipeline
-from mtpsl_tf.methods.all import METHODS
-from mtpsl_tf.models import resnet  # noqa: F401  (registers resnet18_aspp)
-from mtpsl_tf.models import segnet  # noqa: F401  (registers segnet)
+from mtpsl_tf.methods.facts import build_method, complete_options, setting_kind
 from mtpsl_tf.models.registry import BACKBONES
 from mtpsl_tf.training import callbacks as callbacks_lib
 from mtpsl_tf.training import delta as delta_lib
 from mtpsl_tf.training.model import MultiTaskModel
-from mtpsl_tf.training.optimizers import AdamL2
-from mtpsl_tf.training.schedules import PolyDecay, StepDecay
+from mtpsl_tf.optim.optimizers import AdamL2
+from mtpsl_tf.optim.schedules import PolyDecay, StepDecay
 
 log = logging.getLogger("mtpsl_tf")
 
@@ -82,9 +80,7 @@ def build_optimizers(config: ExperimentConfig, method, steps_per_epoch: int) -> 
 def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
           label_masks=None, load_pretrained: bool = True) -> MultiTaskModel:
     """Builds method, network and the training model (call inside the strategy scope)."""
-    method = METHODS.get(config.method.method)(config, tasks)
-    if label_masks is not None:
-        method.observe_label_masks(label_masks)
+    method = build_method(config, tasks, label_masks)
     tasks = method.network_tasks()
     network = build_network(config, tasks, height, width, load_pretrained)
     if (config.train.xla and getattr(network, "slow_under_xla_on_cpu", False)
@@ -116,6 +112,10 @@ def weights_trackable(layer) -> tf.train.Checkpoint:
 def make_checkpoint(model: MultiTaskModel) -> tf.train.Checkpoint:
     optimizers = {f"optimizer_{k}": v for k, v in model.group_optimizers.items()}
     layers = {f"method_{i}": weights_trackable(layer) for i, layer in enumerate(model.method_layers)}
+    weighting = model.method.weighting
+    state = {**weighting.state(), **{f"var_{i}": v for i, v in enumerate(weighting.trainable_variables())}}
+    if state:
+        layers["weighting"] = tf.train.Checkpoint(**state)
     return tf.train.Checkpoint(
         network=weights_trackable(model.network), epoch=tf.Variable(0, dtype=tf.int64),
         best=tf.Variable(-float("inf"), dtype=tf.float64), **optimizers, **layers)
@@ -132,6 +132,7 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
     """Trains and evaluates as configured; returns the final metrics dict (also written to
     `<model_dir>/metrics.json`)."""
     config.validate()
+    config.options = complete_options(config)
     model_dir = config.train.model_dir
     fresh = not os.path.exists(model_dir)
     try:
@@ -174,7 +175,7 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     epochs = config.train.epochs
     tasks = model.tasks
     reference = delta_lib.resolve_reference(
-        tasks, bundle.spec.stl_reference.get(_setting_kind(d.setting), {}), config.stl_reference_overrides())
+        tasks, bundle.spec.stl_reference.get(setting_kind(d.setting), {}), config.stl_reference_overrides())
     if reference is None:
         log.warning("no STL reference for dataset %s / setting %s: Delta-MTL is not computed "
                     "(pass --stl_reference=task/metric=value,...)", d.dataset, d.setting)
@@ -183,7 +184,7 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     image_batch = _image_batch(test_ds, config.train.tensorboard_images)
     epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, model_dir, writer, image_batch)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch", write_graph=False),
-                 epoch_end]
+                 callbacks_lib.WeightingEpochEnd(model.method.weighting), epoch_end]
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
                                           epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views)
@@ -193,10 +194,6 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
                   callbacks=callbacks, verbose=config.train.verbose)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, epochs, time.time() - start)
     return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, epoch_end.history)
-
-
-def _setting_kind(setting: str) -> str:
-    return setting.split("=", 1)[0] if "=" in setting else setting
 
 
 def _eval_epochs(config: ExperimentConfig, initial_epoch: int):

@@ -1,5 +1,8 @@
-"""The MTPSL joint pairwise task-space consistency loss (SPEC section 5), vectorised.
+"""Test oracle: the MTPSL consistency loss over ALL (image, pair) items, shaped like the
+reference (SPEC section 5), with the reference's own preprocessing by task kind.
 
+The training path (mtpsl_tf/methods/mtpsl/compact.py) must give the same values; this
+module is independent of the Task hooks it uses, so the equality tests check them too.
 Pure functions of tensors. For image n and an active ordered pair (s, t), s != t:
     e_s = m(prep_pred_s(yhat_s); s, (s, t)),   e_t = m(prep_label_t(y_t); t, (s, t)),
     L(s, t) = [1 - cos(e_s, e_t)] + reg_weight * ([1 - cos(e_s, sg(f))] + [1 - cos(e_t, sg(f))])
@@ -16,54 +19,20 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mtpsl_tf.models.mapping import MappingNet, num_pairs, pair_index
+from mtpsl_tf.methods.mtpsl.consistency import cosine_similarity, pair_loss  # noqa: F401
+from mtpsl_tf.methods.mtpsl.mapping import MappingNet, num_pairs, pair_index
+from mtpsl_tf.methods.mtpsl.pairs import MODES, active_pairs  # noqa: F401
+from mtpsl_tf.methods.mtpsl.pairs import stack_label_mask as _stack_label_mask
+from mtpsl_tf.tasks.depth import normalise_by_image_max
+from mtpsl_tf.tasks.semantic import gumbel_softmax_hard, sample_gumbel  # noqa: F401
 
+# The reference's three kinds of task (the authors' code has no other).
 TASK_KINDS = ("semantic", "depth", "normal")
-MODES = ("mtpsl", "mtpsl_plus", "full")
-# Added to the per-image maximum before dividing depth, as the reference does.
-_DEPTH_EPS = 1e-12
-# F.cosine_similarity's eps as the reference calls it.
-_COS_EPS = 1e-12
 
 
-# --------------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------------
 def _check_kind(task_kind: str) -> None:
     if task_kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {task_kind!r}; expected one of {TASK_KINDS}")
-
-
-def sample_gumbel(shape, seed) -> tf.Tensor:
-    """Standard Gumbel noise `-log(-log(u))`, u ~ U(0, 1), from a stateless int `[2]` seed.
-
-    Philox is pinned so that eager and XLA-compiled steps draw the same numbers.
-    """
-    tiny = np.finfo(np.float32).tiny
-    uniform = tf.random.stateless_uniform(
-        shape, seed=seed, minval=tiny, maxval=1.0, alg="philox"
-    )
-    return -tf.math.log(-tf.math.log(uniform))
-
-
-def gumbel_softmax_hard(logits, noise, tau: float = 1.0) -> tf.Tensor:
-    """Hard Gumbel-softmax over the last axis with a straight-through gradient.
-
-    Forward: one-hot of argmax(logits + noise). Backward: the gradient of
-    softmax((logits + noise) / tau). Same construction as PyTorch's `gumbel_softmax(hard=True)`:
-    `y_hard - stop_gradient(y_soft) + y_soft`.
-    """
-    perturbed = logits + noise
-    soft = tf.nn.softmax(perturbed / tau, axis=-1)
-    hard = tf.one_hot(tf.argmax(perturbed, axis=-1), tf.shape(logits)[-1], dtype=soft.dtype)
-    return hard - tf.stop_gradient(soft) + soft
-
-
-def normalise_by_image_max(x) -> tf.Tensor:
-    """`x / (max over each image + 1e-12)` for `[B, H, W, C]` (per image, as the reference's
-    single-item `pred.max()`)."""
-    peak = tf.reduce_max(x, axis=[1, 2, 3], keepdims=True)
-    return x / (peak + _DEPTH_EPS)
 
 
 def preprocess_prediction(task_kind: str, pred, gumbel_noise=None, seed=None) -> tf.Tensor:
@@ -116,66 +85,6 @@ def preprocess_label(
 
 
 # --------------------------------------------------------------------------------------------
-# Pair loss
-# --------------------------------------------------------------------------------------------
-def cosine_similarity(x, y, eps: float = _COS_EPS) -> tf.Tensor:
-    """Cosine similarity over the last axis, `[..., C] x [..., C] -> [...]`.
-
-    As PyTorch (>= 1.12) `F.cosine_similarity`: sum((x / max(||x||, eps)) * (y / max(||y||, eps))).
-    The norm is sqrt(max(sum x^2, eps^2)), equal in value and finite in gradient at x = 0.
-    """
-    x_norm = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True), eps * eps))
-    y_norm = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(y), axis=-1, keepdims=True), eps * eps))
-    return tf.reduce_sum((x / x_norm) * (y / y_norm), axis=-1)
-
-
-def _cosine_distance(x, y) -> tf.Tensor:
-    """`1 - mean over positions of cos`: `[N,h,w,C] x [N,h,w,C] -> [N]`."""
-    return 1.0 - tf.reduce_mean(cosine_similarity(x, y), axis=[1, 2])
-
-
-def pair_loss(map_source, map_target, feat, reg_weight: float = 0.5) -> tf.Tensor:
-    """Per-item pair loss `[N]` from embeddings `[N,h,w,C]` and the image feature `[N,h,w,C]`.
-
-    `[1 - cos(e_s, e_t)] + reg_weight * ([1 - cos(e_s, sg(f))] + [1 - cos(e_t, sg(f))])`; the
-    feature is the only stop-gradient.
-    """
-    feat = tf.stop_gradient(feat)
-    loss = _cosine_distance(map_source, map_target)
-    if reg_weight > 0:
-        regulariser = _cosine_distance(map_source, feat) + _cosine_distance(map_target, feat)
-        loss += reg_weight * regulariser
-    return loss
-
-
-# --------------------------------------------------------------------------------------------
-# Which pairs are active
-# --------------------------------------------------------------------------------------------
-def active_pairs(label_mask, mode: str) -> tf.Tensor:
-    """float `[B, T, T]`, 1 where the ordered pair (s, t) of image b is used, from `[B, T]` masks.
-
-    mtpsl: s unlabelled and t labelled (the reference's `w == 0` sources, `w == 1` targets);
-    mtpsl_plus ("Ours+"): any s and labelled t; full: every ordered pair, whatever the mask (the
-    reference's `full` iterates all s, t). The diagonal is always 0.
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown consistency mode {mode!r}; expected one of {MODES}")
-    label_mask = tf.cast(tf.convert_to_tensor(label_mask), tf.float32)
-    if label_mask.shape.rank != 2:
-        raise ValueError(f"label_mask must be [B, T], got shape {label_mask.shape}")
-    labelled = tf.cast(label_mask > 0.5, tf.float32)
-    num_tasks = label_mask.shape[1]
-    off_diagonal = 1.0 - tf.eye(num_tasks, dtype=tf.float32)
-    if mode == "full":
-        active = tf.ones_like(labelled)[:, :, None] * tf.ones_like(labelled)[:, None, :]
-    elif mode == "mtpsl_plus":
-        active = tf.ones_like(labelled)[:, :, None] * labelled[:, None, :]
-    else:
-        active = (1.0 - labelled)[:, :, None] * labelled[:, None, :]
-    return active * off_diagonal
-
-
-# --------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------
 def _pair_layout(num_tasks: int):
@@ -206,15 +115,6 @@ def _tile_items(x, copies: int) -> tf.Tensor:
 def _merge_items(x) -> tf.Tensor:
     """`[B, P, ...]` -> `[B * P, ...]`."""
     return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
-
-
-def _stack_label_mask(label_mask, task_names: Sequence[str]) -> tf.Tensor:
-    if isinstance(label_mask, Mapping):
-        missing = [name for name in task_names if name not in label_mask]
-        if missing:
-            raise KeyError(f"label_mask has no entry for tasks {missing}; has {list(label_mask)}")
-        return tf.stack([tf.cast(label_mask[name], tf.float32) for name in task_names], axis=1)
-    return tf.cast(tf.convert_to_tensor(label_mask), tf.float32)
 
 
 def _task_kinds(task_names, task_kinds):

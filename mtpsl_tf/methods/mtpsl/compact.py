@@ -1,0 +1,106 @@
+"""The consistency loss computed on the ACTIVE (image, pair) items only, with fixed shapes.
+
+Embedding every (image, ordered pair) item and masking the inactive ones (the all-items
+oracle in tests/consistency_oracle.py) does 3x the reference's mapping-net work in the
+one-label setting on NYU-v2, where only 2 of the 6 pairs of an image are active. Here the
+active items are gathered into a fixed number of slots, `capacity` (an upper bound on active
+items per batch that the method derives from the mode and the label setting), so the mapping
+net runs exactly as many embeddings as the reference (when the bound is tight), the step
+still traces once and compiles under XLA, and unused slots are masked out.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import tensorflow as tf
+
+from mtpsl_tf.methods.mtpsl.consistency import pair_loss
+from mtpsl_tf.methods.mtpsl.mapping import MappingNet
+from mtpsl_tf.methods.mtpsl.pairs import active_pair_items, off_diagonal, stack_label_mask
+from mtpsl_tf.tasks.registry import resolve_tasks
+
+
+def _select_items(active: tf.Tensor, capacity: int):
+    """Slots for the active items of `active` `[B, P]`: (image, pair, valid), each `[capacity]`.
+
+    Active items come first (stable order: image-major, then pair index); remaining slots
+    repeat inactive items and are marked invalid.
+    """
+    pairs = active.shape[1]
+    flat = tf.reshape(active, [-1])
+    order = tf.argsort(-flat, stable=True)[:capacity]
+    return order // pairs, order % pairs, tf.gather(flat, order)
+
+
+def _mapping_inputs(task, position, pred, label, channels, gumbel_noise, seed):
+    """(source input from the prediction, target input from the label) of one task."""
+    noise, task_seed = None, None
+    if task.mapping_needs_noise:
+        noise = gumbel_noise
+        if noise is None:
+            if seed is None:
+                raise ValueError(f"task {position} needs a seed (or gumbel_noise) for its mapping noise")
+            task_seed = tf.random.experimental.stateless_fold_in(seed, position)
+    source_in = task.mapping_prediction(pred, noise=noise, seed=task_seed)
+    return source_in, task.mapping_label(label, channels, dtype=source_in.dtype)
+
+
+def consistency_loss_compact(
+    mapping_net: MappingNet,
+    preds: Mapping[str, tf.Tensor],
+    labels: Mapping[str, tf.Tensor],
+    feat,
+    label_mask,
+    mode: str,
+    capacity: int,
+    seed=None,
+    gumbel_noise=None,
+    reg_weight: float = 0.5,
+    training: bool = True,
+    tasks=None,
+) -> tf.Tensor:
+    """Per-image sum of the active pairs' losses, float `[B]`.
+
+    Args:
+        mapping_net: the joint pairwise mapping net; its `task_names` fix the task order.
+        preds / labels: task -> prediction / label of the view the consistency uses.
+        feat: the backbone's shared feature `[B, h, w, C]` (stop-gradient inside).
+        label_mask: `[B, T]` or a dict task -> `[B]`, 1 = labelled.
+        mode: "mtpsl", "mtpsl_plus" or "full" (see `pairs.active_pairs`).
+        capacity: static number of item slots (e.g. B * max_active_pairs(...)).
+        seed: int `[2]` stateless seed of the sampled mapping inputs (Gumbel; one sample per slot).
+        gumbel_noise: alternatively explicit noise `[capacity, H, W, C]` (tests use zeros).
+        reg_weight: weight of the feature regulariser.
+        training: BatchNorm mode of the mapping net (the method uses True: per-item statistics).
+        tasks: the Tasks of `mapping_net.task_names` (their `mapping_prediction` /
+            `mapping_label` hooks); default the tasks registered under those names.
+    """
+    names = list(mapping_net.task_names)
+    kinds = resolve_tasks(names, tasks)
+    feat = tf.convert_to_tensor(feat)
+    active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
+    image, pair, valid = _select_items(active, capacity)
+    pairs = off_diagonal(len(names))
+    source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
+    target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
+
+    # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
+    # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
+    # next to the shared encoder, and it keeps shapes fixed.
+    hidden = None
+    item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
+    for u, name in enumerate(names):
+        pred = tf.gather(tf.convert_to_tensor(preds[name]), image)
+        source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
+                                               mapping_net.task_channels[u], gumbel_noise, seed)
+        mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
+        x = tf.concat([source_in, target_in], axis=0) * mine
+        h = mapping_net.input_layers[u](x, training=training) * tf.cast(mine, mapping_net.compute_dtype)
+        hidden = h if hidden is None else hidden + h
+    embeddings = mapping_net.encode(hidden, tf.concat([pair, pair], axis=0), training)
+    map_source, map_target = tf.split(embeddings, 2, axis=0)
+    item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
+    losses = tf.cast(pair_loss(map_source, map_target, item_feat, reg_weight), tf.float32)
+    losses = tf.where(valid > 0, losses, tf.zeros_like(losses))
+    return tf.math.unsorted_segment_sum(losses, image, num_segments=tf.shape(feat)[0])
