@@ -9,7 +9,7 @@ import tensorflow as tf
 from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, replica_sum
 from mtpsl_tf.methods.facts import resolve_reduction  # noqa: F401  (re-exported)
 from mtpsl_tf.tasks.base import Task, safe_ratio
-from mtpsl_tf.weighting.base import weighted_sum  # noqa: F401  (re-exported)
+from mtpsl_tf.weighting.base import weighted_total
 
 
 def masked_task_loss(task: Task, pred, label, mask, global_batch_size: int, reduction: str) -> tf.Tensor:
@@ -41,6 +41,11 @@ def task_losses(tasks: Sequence[Task], outputs, labels, masks, global_batch_size
     """task name -> its masked loss (`masked_task_loss`), in task order."""
     return {t.name: masked_task_loss(t, outputs[t.name], labels[t.name], masks[t.name], global_batch_size,
                                      reduction) for t in tasks}
+
+
+def weighted_sum(parts: Dict[str, tf.Tensor], weights: Dict[str, float]) -> tf.Tensor:
+    """sum_t w_t * parts["<t>_loss"] for the tasks of `weights` (the named parts stay unweighted)."""
+    return weighted_total({name: parts[f"{name}_loss"] for name in weights}, weights)
 
 
 @METHODS.register("sl")

@@ -104,7 +104,7 @@ class LossWeighting:
         """After epoch `epoch` (1-based), with each task's mean training loss of that epoch."""
 
 
-def weighted_sum(losses: Mapping[str, tf.Tensor], weights: Mapping[str, float]) -> tf.Tensor:
+def weighted_total(losses: Mapping[str, tf.Tensor], weights: Mapping[str, float]) -> tf.Tensor:
     """sum_t w_t * losses[t] (a weight of exactly 1 adds the loss itself)."""
     terms = [value if weights[name] == 1.0 else weights[name] * value for name, value in losses.items()]
     return tf.add_n(terms)

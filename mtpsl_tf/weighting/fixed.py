@@ -7,7 +7,7 @@ there is no state to corrupt.
 
 from __future__ import annotations
 
-from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting, weighted_sum
+from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting, weighted_total
 
 
 @WEIGHTINGS.register("fixed")
@@ -16,4 +16,4 @@ class FixedWeighting(LossWeighting):
 
     def combine(self, losses, present):
         del present
-        return weighted_sum(losses, self.static_weights)
+        return weighted_total(losses, self.static_weights)
