@@ -99,7 +99,7 @@ def test_every_format_is_written_with_report_and_model_card(exported):
     assert card["dataset"] == "synthetic" and card["setting"] == "onelabel" and card["method"] == "sl"
     assert card["input"]["shape"] == ["N", 32, 64, 3] and card["input"]["range"] == [0.0, 1.0]
     assert set(card["outputs"]) == {"semantic_probs", "semantic_label", "depth", "normal"}
-    from mtpsl_tf.data.synthetic import CLASS_NAMES
+    from mtpsl_datasets.synthetic.render import CLASS_NAMES
 
     assert card["tasks"][0]["class_names"] == list(CLASS_NAMES)
     markdown = (exported / "model_card.md").read_text()

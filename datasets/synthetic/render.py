@@ -17,7 +17,7 @@ vectorised numpy. Every label comes from the same ray hit, so they agree exactly
 Examples are deterministic by ``(seed, index)``: each draws from its own
 ``np.random.default_rng([seed, index])``, so any example can be regenerated alone.
 The figure in ``docs/synthetic_samples.png`` is made by
-``python -m mtpsl_tf.data.synthetic --figure docs/synthetic_samples.png``.
+``python -m mtpsl_datasets.synthetic.render --figure docs/synthetic_samples.png``.
 """
 
 from __future__ import annotations
