@@ -40,14 +40,11 @@ def _leftovers(parent: pathlib.Path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from mtpsl_tf.flags import config_from_flagfile
     from mtpsl_tf.training.run import run
+    from tests_helpers import tiny_config
 
     root = tmp_path_factory.mktemp("export_model")
-    flagfile = root / "tiny.flags"
-    flagfile.write_text("\n".join(TINY) + "\n")
-    config = config_from_flagfile(str(flagfile), [f"--model_dir={root / 'model'}", f"--data_dir={root / 'tfds'}"])
-    run(config.validate())
+    run(tiny_config(root, root / "model", flags=TINY))
     return root / "model"
 
 
