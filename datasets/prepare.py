@@ -3,6 +3,8 @@
   python datasets/prepare.py --dataset=nyuv2|cityscapes|pascal_context [--config=NAME] \
       --manual_dir=DIR --data_dir=DIR
 
+(--dataset: every registered dataset that is not generated; see mtpsl_tf.data.registry.)
+
 The folder is checked first (every expected file present, shapes, dtypes and value
 ranges, consistent counts); any problem is printed, one line per file, and the script
 exits with status 1 before writing anything. Otherwise the dataset is written to
@@ -17,7 +19,10 @@ import sys
 
 from absl import app, flags
 
-DATASETS = ("nyuv2", "cityscapes", "pascal_context")
+from mtpsl_tf.data.registry import DATASETS as REGISTRY
+
+# Every registered dataset that is downloaded by hand (not generated).
+DATASETS = tuple(name for name in REGISTRY if not REGISTRY.get(name).generated)
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "Which release to prepare.")
 _CONFIG = flags.DEFINE_string(
@@ -30,16 +35,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write 
 
 def builder_class(dataset: str):
     """The builder class for a dataset name in DATASETS (imports, thus registers, it)."""
-    if dataset == "nyuv2":
-        from mtpsl_datasets.nyuv2 import MtpslNyuv2
-        return MtpslNyuv2
-    if dataset == "cityscapes":
-        from mtpsl_datasets.cityscapes import MtpslCityscapes
-        return MtpslCityscapes
-    if dataset == "pascal_context":
-        from mtpsl_datasets.pascal_context import MtpslPascalContext
-        return MtpslPascalContext
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    return REGISTRY.get(dataset).builder_class()
 
 
 def config_problem(cls, config: str | None) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from mtpsl_tf.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Format:
@@ -23,12 +25,18 @@ class Format:
     tflite: bool
 
 
-FORMATS = {f.name: f for f in (
-    Format("saved_model", "saved_model", "float32", False),
-    Format("tflite", "model_float32.tflite", "float32", True),
-    Format("tflite_fp16", "model_float16.tflite", "float16", True),
-    Format("tflite_int8", "model_int8.tflite", "int8", True),
-)}
+FORMATS: Registry = Registry("export format")
+
+
+def register(fmt: Format) -> Format:
+    """Adds `fmt` to FORMATS under its name (one call per format)."""
+    return FORMATS.register(fmt.name)(fmt)
+
+
+register(Format("saved_model", "saved_model", "float32", False))
+register(Format("tflite", "model_float32.tflite", "float32", True))
+register(Format("tflite_fp16", "model_float16.tflite", "float16", True))
+register(Format("tflite_int8", "model_int8.tflite", "int8", True))
 
 
 def parse_formats(value) -> list:
@@ -39,4 +47,4 @@ def parse_formats(value) -> list:
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
         raise ValueError(f"unknown export format {unknown[0]!r}; expected one of: {', '.join(FORMATS)}")
-    return [FORMATS[n] for n in dict.fromkeys(names)]
+    return [FORMATS.get(n) for n in dict.fromkeys(names)]

@@ -8,21 +8,14 @@ from typing import Dict, List, Optional, Sequence
 
 from mtpsl_export import contract
 
-# NYU-v2 13-class convention (Couprie et al., as used by mtan and the authors); the synthetic
-# renderer uses the same list and order.
-NYU13 = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects",
-         "picture", "sofa", "table", "tv", "wall", "window")
-
 
 def class_names(dataset: str, num_classes: int) -> Optional[List[str]]:
-    """Names of the semantic classes when known for (dataset, class count), else None."""
-    if dataset == "synthetic":
-        from mtpsl_tf.data.synthetic import CLASS_NAMES
+    """Names of the semantic classes when known for (dataset, class count), else None
+    (DatasetSpec.class_names)."""
+    from mtpsl_tf.data.registry import DATASETS
 
-        return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else None
-    if dataset == "nyuv2" and num_classes == len(NYU13):
-        return list(NYU13)
-    return None
+    names = DATASETS.get(dataset).class_names.get(num_classes) if dataset in DATASETS else None
+    return list(names) if names else None
 
 
 def input_contract(height: int, width: int) -> Dict[str, object]:

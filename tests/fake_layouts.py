@@ -41,44 +41,40 @@ def _normals(rng, size) -> np.ndarray:
     return n
 
 
-def write_nyuv2(root, counts=None, size=(8, 12), seed=0) -> dict[str, list[dict]]:
-    """The mtan NYU-v2 layout; returns {split folder: [{image, label, depth, normal}]}."""
+def _write_mtan(root, counts, seed, make_arrays) -> dict[str, list[dict]]:
+    """The mtan layout: `{root}/{split}/{folder}/{i}.npy` for the arrays `make_arrays(rng)`
+    draws per example; returns {split folder: [{folder: array}]}."""
     counts = counts or {"train": 4, "val": 3}
     rng = np.random.default_rng(seed)
     written = {}
     for split, n in counts.items():
         written[split] = []
         for i in range(n):
-            arrays = {
-                "image": rng.random(size + (3,)).astype(np.float32),
-                "label": _labels(rng, size, 13),
-                "depth": _depth(rng, size, 10.0),
-                "normal": _normals(rng, size),
-            }
+            arrays = make_arrays(rng)
             for folder, array in arrays.items():
                 _save(os.path.join(root, split, folder, f"{i}.npy"), array)
             written[split].append(arrays)
     return written
+
+
+def write_nyuv2(root, counts=None, size=(8, 12), seed=0) -> dict[str, list[dict]]:
+    """The mtan NYU-v2 layout; returns {split folder: [{image, label, depth, normal}]}."""
+    return _write_mtan(root, counts, seed, lambda rng: {
+        "image": rng.random(size + (3,)).astype(np.float32),
+        "label": _labels(rng, size, 13),
+        "depth": _depth(rng, size, 10.0),
+        "normal": _normals(rng, size),
+    })
 
 
 def write_cityscapes(root, counts=None, size=(8, 16), seed=0) -> dict[str, list[dict]]:
     """The mtan Cityscapes layout with label_7 and label_19; returns what was written."""
-    counts = counts or {"train": 4, "val": 3}
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, n in counts.items():
-        written[split] = []
-        for i in range(n):
-            arrays = {
-                "image": rng.random(size + (3,)).astype(np.float32),
-                "label_7": _labels(rng, size, 7),
-                "label_19": _labels(rng, size, 19),
-                "depth": _depth(rng, size, 0.5),
-            }
-            for folder, array in arrays.items():
-                _save(os.path.join(root, split, folder, f"{i}.npy"), array)
-            written[split].append(arrays)
-    return written
+    return _write_mtan(root, counts, seed, lambda rng: {
+        "image": rng.random(size + (3,)).astype(np.float32),
+        "label_7": _labels(rng, size, 7),
+        "label_19": _labels(rng, size, 19),
+        "depth": _depth(rng, size, 0.5),
+    })
 
 
 def write_parts_mat(path: str, objects) -> None:

@@ -311,32 +311,37 @@ def test_cityscapes_configs_and_label_range(tmp_path):
 # ------------------------------------------------------------------ PASCAL decoding
 
 
+def digit_grid(rows: str, dtype) -> np.ndarray:
+    """An array from whitespace-separated rows of one-digit values, e.g. "0055 0075"."""
+    return np.array([[int(c) for c in row] for row in rows.split()], dtype)
+
+
 def test_edges_match_reference():
     """Literal result of the reference (cv2.Laplacian + skimage thin) on a small map."""
-    label_map = np.array([
-        [0, 0, 0, 0, 5, 5, 5, 5, 5],
-        [0, 0, 0, 0, 5, 5, 5, 5, 5],
-        [0, 0, 7, 7, 7, 5, 5, 5, 5],
-        [0, 0, 7, 7, 7, 7, 5, 5, 5],
-        [2, 2, 7, 7, 7, 7, 7, 5, 5],
-        [2, 2, 2, 2, 7, 7, 7, 7, 5],
-        [2, 2, 2, 2, 2, 2, 2, 2, 2]], np.uint16)
-    boundary = np.array([
-        [0, 0, 0, 1, 1, 0, 0, 0, 0],
-        [0, 0, 1, 1, 1, 0, 0, 0, 0],
-        [0, 1, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0, 1, 1, 0, 0],
-        [1, 1, 1, 1, 0, 0, 1, 1, 0],
-        [0, 0, 1, 1, 1, 1, 1, 1, 1],
-        [0, 0, 0, 0, 1, 1, 1, 1, 1]], bool)
-    edges = np.array([
-        [0, 0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 0, 1, 1, 1, 0, 0, 0, 0],
-        [0, 1, 0, 0, 0, 1, 0, 0, 0],
-        [0, 0, 1, 0, 0, 0, 1, 0, 0],
-        [0, 0, 0, 1, 0, 0, 1, 1, 0],
-        [0, 0, 0, 0, 1, 1, 0, 0, 0]], np.int32)
+    label_map = digit_grid("""
+        000055555
+        000055555
+        007775555
+        007777555
+        227777755
+        222277775
+        222222222""", np.uint16)
+    boundary = digit_grid("""
+        000110000
+        001110000
+        011111000
+        111001100
+        111100110
+        001111111
+        000011111""", bool)
+    edges = digit_grid("""
+        000000000
+        000000000
+        001110000
+        010001000
+        001000100
+        000100110
+        000011000""", np.int32)
     np.testing.assert_array_equal(decode.laplacian_nonzero(label_map), boundary)
     out = decode.edges_from_label_map(label_map)
     assert out.dtype == np.int32

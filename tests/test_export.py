@@ -40,14 +40,11 @@ def _leftovers(parent: pathlib.Path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from mtpsl_tf.flags import config_from_flagfile
     from mtpsl_tf.training.run import run
+    from tests_helpers import tiny_config
 
     root = tmp_path_factory.mktemp("export_model")
-    flagfile = root / "tiny.flags"
-    flagfile.write_text("\n".join(TINY) + "\n")
-    config = config_from_flagfile(str(flagfile), [f"--model_dir={root / 'model'}", f"--data_dir={root / 'tfds'}"])
-    run(config.validate())
+    run(tiny_config(root, root / "model", flags=TINY))
     return root / "model"
 
 
@@ -99,7 +96,7 @@ def test_every_format_is_written_with_report_and_model_card(exported):
     assert card["dataset"] == "synthetic" and card["setting"] == "onelabel" and card["method"] == "sl"
     assert card["input"]["shape"] == ["N", 32, 64, 3] and card["input"]["range"] == [0.0, 1.0]
     assert set(card["outputs"]) == {"semantic_probs", "semantic_label", "depth", "normal"}
-    from mtpsl_tf.data.synthetic import CLASS_NAMES
+    from mtpsl_datasets.synthetic.render import CLASS_NAMES
 
     assert card["tasks"][0]["class_names"] == list(CLASS_NAMES)
     markdown = (exported / "model_card.md").read_text()

@@ -409,14 +409,11 @@ def test_train_resumes_from_an_imported_dir(tmp_path, fixture_path, imported):
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     """A 1-epoch tiny synthetic run: (model dir, its metrics.json)."""
-    from mtpsl_tf.flags import config_from_flagfile
     from mtpsl_tf.training.run import run
+    from tests_helpers import tiny_config
 
     root = tmp_path_factory.mktemp("tiny")
-    flagfile = root / "tiny.flags"
-    flagfile.write_text("\n".join(TINY) + "\n")
-    config = config_from_flagfile(str(flagfile), [f"--model_dir={root / 'run'}", f"--data_dir={root / 'tfds'}"])
-    run(config)
+    run(tiny_config(root, root / "run", flags=TINY))
     return root / "run", json.loads((root / "run" / "metrics.json").read_text())
 
 

@@ -1,10 +1,10 @@
-"""The synthetic scene renderer (mtpsl_tf.data.synthetic) and its TFDS builder."""
+"""The synthetic scene renderer (mtpsl_datasets.synthetic.render) and its TFDS builder."""
 
 import numpy as np
 import pytest
 
-from mtpsl_tf.data import synthetic
-from mtpsl_tf.data.synthetic import (
+from mtpsl_datasets.synthetic import render as synthetic
+from mtpsl_datasets.synthetic.render import (
     CLASS_NAMES, FLOOR, NUM_CLASSES, WINDOW, Material, Scene, Sphere, backproject,
     render_example, render_scene, sample_scene,
 )

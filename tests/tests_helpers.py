@@ -9,12 +9,14 @@ TINY = ["--dataset=synthetic", "--dataset_config=small", "--height=32", "--width
         "--tensorboard_images=1"]
 
 
-def tiny_config(tmp_path, model_dir, **overrides) -> ExperimentConfig:
-    """A validated config for a seconds-long synthetic run; overrides name any config field."""
+def tiny_config(tmp_path, model_dir, flags=TINY, **overrides) -> ExperimentConfig:
+    """A validated config for a seconds-long synthetic run from the flag lines `flags`
+    (written to `tmp_path/tiny.flags`; TFDS data in `tmp_path/tfds`); overrides name any
+    config field."""
     from mtpsl_tf.flags import config_from_flagfile
 
     flagfile = tmp_path / "tiny.flags"
-    flagfile.write_text("\n".join(TINY) + "\n")
+    flagfile.write_text("\n".join(flags) + "\n")
     config = config_from_flagfile(str(flagfile), [f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'tfds'}"])
     sections = {f.name: section for section in ("data", "model", "method", "train")
                 for f in dataclasses.fields(getattr(config, section))}

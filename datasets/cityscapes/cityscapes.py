@@ -13,8 +13,6 @@ import tensorflow_datasets as tfds
 
 from mtpsl_datasets.nyuv2 import mtan_layout
 
-# split name in TFDS -> folder in the release; the authors test on `val/`.
-SPLIT_FOLDERS = {"train": "train", "test": "val"}
 # Number of examples in each release folder (both resolutions).
 RELEASE_COUNTS = {"train": 2975, "val": 500}
 
@@ -105,18 +103,11 @@ def validate_manual_dir(path: str, config: CityscapesConfig | None = None,
 
 def load_example(split_dir: str, i: int, config: CityscapesConfig) -> dict[str, np.ndarray | int]:
     """Example i of a release split folder, typed as the TFDS features."""
-    def path(folder):
-        return os.path.join(split_dir, folder, f"{i}.npy")
-
-    return {
-        "image": mtan_layout.load_float32(path("image")),
-        "semantic": mtan_layout.load_labels(path(config.label_folder)),
-        "depth": mtan_layout.load_float32(path("depth")),
-        "index": i,
-    }
+    folders = {"image": "image", "semantic": config.label_folder, "depth": "depth"}
+    return mtan_layout.load_example(split_dir, i, folders)
 
 
-class MtpslCityscapes(tfds.core.GeneratorBasedBuilder):
+class MtpslCityscapes(mtan_layout.MtanRelease, tfds.core.GeneratorBasedBuilder):
     """Cityscapes (mtan releases): RGB, 7- or 19-class semantics and disparity."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -128,18 +119,17 @@ class MtpslCityscapes(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = release_configs()
     DEFAULT_CONFIG_NAME = "c7_128x256"
-    # Release folder -> required example count; a subclass may change it (tests do).
     SPLIT_COUNTS = RELEASE_COUNTS
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         h, w, c = cfg.height, cfg.width, cfg.num_classes
-        return self.dataset_info_from_configs(
+        return self._mtan_info(
             description=(
                 "Cityscapes as pre-processed by MTAN (lorenmt/mtan): 2975 training and 500 "
                 "test street scenes with semantic labels and scaled inverse depth."
             ),
-            features=tfds.features.FeaturesDict({
+            features={
                 "image": tfds.features.Tensor(
                     shape=(h, w, 3), dtype=np.float32, doc="RGB, float32 [H, W, 3] in [0, 1]."),
                 "semantic": tfds.features.Tensor(
@@ -148,35 +138,18 @@ class MtpslCityscapes(tfds.core.GeneratorBasedBuilder):
                 "depth": tfds.features.Tensor(
                     shape=(h, w, 1), dtype=np.float32,
                     doc="Scaled inverse depth (disparity), float32 [H, W, 1]; 0 = invalid."),
-                "index": tfds.features.Scalar(
-                    dtype=np.int64,
-                    doc="i of the release file {i}.npy: the row of the authors' split files."),
-            }),
-            homepage="https://github.com/lorenmt/mtan",
+            },
             citation=_CITATION,
         )
 
-    def _split_generators(self, dl_manager):
-        root = os.fspath(dl_manager.manual_dir)
-        problems = validate_manual_dir(root, self.builder_config, self.SPLIT_COUNTS)
-        mtan_layout.raise_if_problems(self.name, root, problems)
-        return {
-            split: self._generate_examples(os.path.join(root, folder))
-            for split, folder in SPLIT_FOLDERS.items()
-        }
+    def _problems(self, root):
+        return validate_manual_dir(root, self.builder_config, self.SPLIT_COUNTS)
 
-    def _generate_examples(self, split_dir):
-        for i in range(mtan_layout.count_examples(split_dir)):
-            yield i, load_example(split_dir, i, self.builder_config)
+    def _load_example(self, split_dir, i):
+        return load_example(split_dir, i, self.builder_config)
 
 
-_CITATION = """\
-@inproceedings{liu2019end,
-  title={End-to-End Multi-Task Learning with Attention},
-  author={Liu, Shikun and Johns, Edward and Davison, Andrew J},
-  booktitle={CVPR},
-  year={2019}
-}
+_CITATION = mtan_layout.MTAN_CITATION + """\
 @inproceedings{cordts2016cityscapes,
   title={The Cityscapes Dataset for Semantic Urban Scene Understanding},
   author={Cordts, Marius and Omran, Mohamed and Ramos, Sebastian and Rehfeld, Timo and

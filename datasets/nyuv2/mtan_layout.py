@@ -6,8 +6,9 @@ Both releases of github.com/lorenmt/mtan share one layout: a root with `train/` 
 the authors' loaders count examples). This module validates such a folder and reports
 every problem as one line naming the file, what was expected and what was found.
 
-It also holds `ManualDirError` and `format_problems`, which the PASCAL-Context builder
-uses too, so every builder refuses a bad folder with the same kind of message.
+It also holds `ManualDirError`, `format_problems` and the `ManualRelease` builder mixin,
+which the PASCAL-Context builder uses too, so every builder refuses a bad folder with the
+same kind of message, and `MtanRelease`, the split generation of both mtan builders.
 """
 from __future__ import annotations
 
@@ -42,6 +43,63 @@ def raise_if_problems(dataset: str, path: str, problems: Sequence[str]) -> None:
     """Raises ManualDirError with `format_problems(...)` when `problems` is not empty."""
     if problems:
         raise ManualDirError(format_problems(dataset, path, problems))
+
+
+class ManualRelease:
+    """Split generation of a TFDS builder reading a manually downloaded release (a mixin,
+    listed before `tfds.core.GeneratorBasedBuilder`; used by every real dataset).
+
+    The whole folder is validated first (`_problems`, ManualDirError naming every problem);
+    then split `s` yields the examples of `SPLIT_SOURCES[s]` (`_generate_examples(root,
+    source)`: a release folder, or PASCAL's split file). A subclass sets `SPLIT_COUNTS`
+    (release folder or split file -> required count), which a subclass may change (tests do).
+    """
+
+    # TFDS split -> where its examples are in the release; the authors test on `val`.
+    SPLIT_SOURCES: Mapping[str, str] = {"train": "train", "test": "val"}
+
+    def _problems(self, root: str) -> list[str]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        root = os.fspath(dl_manager.manual_dir)
+        raise_if_problems(self.name, root, self._problems(root))
+        return {split: self._generate_examples(root, source)
+                for split, source in self.SPLIT_SOURCES.items()}
+
+
+MTAN_CITATION = """\
+@inproceedings{liu2019end,
+  title={End-to-End Multi-Task Learning with Attention},
+  author={Liu, Shikun and Johns, Edward and Davison, Andrew J},
+  booktitle={CVPR},
+  year={2019}
+}
+"""
+
+
+class MtanRelease(ManualRelease):
+    """A ManualRelease in the mtan layout: split folder `{root}/{source}/`, example i read by
+    `_load_example(split_dir, i)` for i < count_examples(split_dir)."""
+
+    def _mtan_info(self, description: str, features: dict, citation: str):
+        """The DatasetInfo: `features` then `index` (the row of the authors' split files)."""
+        import tensorflow_datasets as tfds
+
+        index = tfds.features.Scalar(
+            dtype=np.int64, doc="i of the release file {i}.npy: the row of the authors' split files.")
+        return self.dataset_info_from_configs(
+            description=description,
+            features=tfds.features.FeaturesDict({**features, "index": index}),
+            homepage="https://github.com/lorenmt/mtan", citation=citation)
+
+    def _load_example(self, split_dir: str, i: int) -> dict:
+        raise NotImplementedError
+
+    def _generate_examples(self, root, folder):
+        split_dir = os.path.join(root, folder)
+        for i in range(count_examples(split_dir)):
+            yield i, self._load_example(split_dir, i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,3 +298,15 @@ def load_float32(path: str) -> np.ndarray:
 def load_labels(path: str) -> np.ndarray:
     """A `.npy` label map as int32 (whole-number floats, -1 = ignore)."""
     return np.load(path, allow_pickle=False).astype(np.int32)
+
+
+def load_example(split_dir: str, i: int, folders: Mapping[str, str],
+                 label_feature: str = "semantic") -> dict[str, np.ndarray | int]:
+    """Example i of a release split folder, typed as the TFDS features: feature -> the array
+    of `{folder}/{i}.npy` (`label_feature` as int32 labels, the others float32), and `index`."""
+    example: dict[str, np.ndarray | int] = {}
+    for feature, folder in folders.items():
+        load = load_labels if feature == label_feature else load_float32
+        example[feature] = load(os.path.join(split_dir, folder, f"{i}.npy"))
+    example["index"] = i
+    return example

@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 from mtpsl_datasets.nyuv2 import mtan_layout
 
 NUM_CLASSES = 13
-# split name in TFDS -> folder in the release; the authors test on `val/`.
-SPLIT_FOLDERS = {"train": "train", "test": "val"}
+# TFDS feature -> its folder in a release split folder.
+FEATURE_FOLDERS = {"image": "image", "semantic": "label", "depth": "depth", "normal": "normal"}
 # Number of examples in each release folder.
 RELEASE_COUNTS = {"train": 795, "val": 654}
 
@@ -70,19 +70,10 @@ def validate_manual_dir(path: str, split_counts=None) -> list[str]:
 
 def load_example(split_dir: str, i: int) -> dict[str, np.ndarray | int]:
     """Example i of a release split folder, typed as the TFDS features."""
-    def path(folder):
-        return os.path.join(split_dir, folder, f"{i}.npy")
-
-    return {
-        "image": mtan_layout.load_float32(path("image")),
-        "semantic": mtan_layout.load_labels(path("label")),
-        "depth": mtan_layout.load_float32(path("depth")),
-        "normal": mtan_layout.load_float32(path("normal")),
-        "index": i,
-    }
+    return mtan_layout.load_example(split_dir, i, FEATURE_FOLDERS)
 
 
-class MtpslNyuv2(tfds.core.GeneratorBasedBuilder):
+class MtpslNyuv2(mtan_layout.MtanRelease, tfds.core.GeneratorBasedBuilder):
     """NYU-v2 (mtan release): RGB, 13-class semantics, depth and surface normals."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -91,18 +82,17 @@ class MtpslNyuv2(tfds.core.GeneratorBasedBuilder):
                  "from val/), features image/semantic/depth/normal/index.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
-    # Release folder -> required example count; a subclass may change it (tests do).
     SPLIT_COUNTS = RELEASE_COUNTS
 
     def _info(self) -> tfds.core.DatasetInfo:
         float_map = dict(dtype=np.float32, encoding=tfds.features.Encoding.BYTES)
-        return self.dataset_info_from_configs(
+        return self._mtan_info(
             description=(
                 "NYU-v2 as pre-processed by MTAN (lorenmt/mtan): 795 training and 654 test "
                 "indoor RGB images at 288x384 with 13-class semantic labels, depth and "
                 "surface normals."
             ),
-            features=tfds.features.FeaturesDict({
+            features={
                 "image": tfds.features.Tensor(
                     shape=(None, None, 3), **float_map, doc="RGB, float32 [H, W, 3] in [0, 1]."),
                 "semantic": tfds.features.Tensor(
@@ -114,34 +104,18 @@ class MtpslNyuv2(tfds.core.GeneratorBasedBuilder):
                 "normal": tfds.features.Tensor(
                     shape=(None, None, 3), **float_map,
                     doc="Surface normal, float32 [H, W, 3] in [-1, 1]; all-zero = invalid."),
-                "index": tfds.features.Scalar(
-                    dtype=np.int64,
-                    doc="i of the release file {i}.npy: the row of the authors' split files."),
-            }),
-            homepage="https://github.com/lorenmt/mtan",
+            },
             citation=_CITATION,
         )
 
-    def _split_generators(self, dl_manager):
-        root = os.fspath(dl_manager.manual_dir)
-        mtan_layout.raise_if_problems(self.name, root, validate_manual_dir(root, self.SPLIT_COUNTS))
-        return {
-            split: self._generate_examples(os.path.join(root, folder))
-            for split, folder in SPLIT_FOLDERS.items()
-        }
+    def _problems(self, root):
+        return validate_manual_dir(root, self.SPLIT_COUNTS)
 
-    def _generate_examples(self, split_dir):
-        for i in range(mtan_layout.count_examples(split_dir)):
-            yield i, load_example(split_dir, i)
+    def _load_example(self, split_dir, i):
+        return load_example(split_dir, i)
 
 
-_CITATION = """\
-@inproceedings{liu2019end,
-  title={End-to-End Multi-Task Learning with Attention},
-  author={Liu, Shikun and Johns, Edward and Davison, Andrew J},
-  booktitle={CVPR},
-  year={2019}
-}
+_CITATION = mtan_layout.MTAN_CITATION + """\
 @inproceedings{silberman2012indoor,
   title={Indoor Segmentation and Support Inference from RGBD Images},
   author={Silberman, Nathan and Hoiem, Derek and Kohli, Pushmeet and Fergus, Rob},

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtpsl_datasets.nyuv2.mtan_layout import raise_if_problems
+from mtpsl_datasets.nyuv2 import mtan_layout
 from mtpsl_datasets.pascal_context import decode
 
 # split name in TFDS -> split file ImageSets/Context/{name}.txt; the reference tests on val.
@@ -213,7 +213,7 @@ def validate_manual_dir(path: str, split_counts=None) -> list[str]:
     return problems
 
 
-class MtpslPascalContext(tfds.core.GeneratorBasedBuilder):
+class MtpslPascalContext(mtan_layout.ManualRelease, tfds.core.GeneratorBasedBuilder):
     """PASCAL-Context (PASCAL_MT): semseg, human parts, normals, saliency and edges."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -222,8 +222,8 @@ class MtpslPascalContext(tfds.core.GeneratorBasedBuilder):
                  "from val.txt), 5 tasks decoded as Multi-Task-Learning-PyTorch does.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
-    # Split file -> required id count; a subclass may change it (tests do).
-    SPLIT_COUNTS = RELEASE_COUNTS
+    SPLIT_SOURCES = SPLIT_FILES
+    SPLIT_COUNTS = RELEASE_COUNTS  # split file -> required id count
 
     def _info(self) -> tfds.core.DatasetInfo:
         def label_map(doc, dtype=np.int32):
@@ -260,10 +260,8 @@ class MtpslPascalContext(tfds.core.GeneratorBasedBuilder):
             citation=_CITATION,
         )
 
-    def _split_generators(self, dl_manager):
-        root = os.fspath(dl_manager.manual_dir)
-        raise_if_problems(self.name, root, validate_manual_dir(root, self.SPLIT_COUNTS))
-        return {split: self._generate_examples(root, name) for split, name in SPLIT_FILES.items()}
+    def _problems(self, root):
+        return validate_manual_dir(root, self.SPLIT_COUNTS)
 
     def _generate_examples(self, root, split_file):
         for index, image_id in enumerate(read_split(root, split_file)):

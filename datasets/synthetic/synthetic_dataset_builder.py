@@ -15,7 +15,7 @@ Sizes: `small` renders in seconds and takes ~30 MB; `nyu_size` takes a few minut
 ~2.2 GB (features are zlib-compressed float32 tensors; the noisy image dominates).
 
 Example ``i`` of split ``s`` equals
-``render_example(i, height, width, split_seed(seed, s))`` of `mtpsl_tf.data.synthetic`.
+``render_example(i, height, width, split_seed(seed, s))`` of `mtpsl_datasets.synthetic.render`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtpsl_tf.data import synthetic
+from mtpsl_datasets.synthetic import render
 
 _SPLITS = ("train", "test")
 
@@ -37,7 +37,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     Attributes:
       height, width: image size in pixels (>= 2).
       num_train, num_test: number of examples per split (>= 1).
-      seed: non-negative base seed; the test split uses `synthetic.split_seed(seed, "test")`.
+      seed: non-negative base seed; the test split uses `render.split_seed(seed, "test")`.
     """
 
     height: int = 64
@@ -92,9 +92,9 @@ class MtpslSynthetic(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=(
-                "Procedural indoor scenes ray-cast with numpy (mtpsl_tf.data.synthetic). Labels "
-                "follow the NYU-v2 (mtan) conventions: semantic class ids of 13 classes "
-                f"{synthetic.CLASS_NAMES} with -1 = ignore, z-depth in metres with 0 = invalid, "
+                "Procedural indoor scenes ray-cast with numpy (mtpsl_datasets.synthetic.render). "
+                "Labels follow the NYU-v2 (mtan) conventions: semantic class ids of 13 classes "
+                f"{render.CLASS_NAMES} with -1 = ignore, z-depth in metres with 0 = invalid, "
                 "unit camera-space normals (x right, y up, z to the viewer) with all-zero = "
                 "invalid."),
             features=tfds.features.FeaturesDict({
@@ -116,8 +116,8 @@ class MtpslSynthetic(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, num):
         config = self.builder_config
-        seed = synthetic.split_seed(config.seed, split)
+        seed = render.split_seed(config.seed, split)
         for index in range(num):
-            example = synthetic.render_example(index, config.height, config.width, seed)
+            example = render.render_example(index, config.height, config.width, seed)
             example["index"] = index
             yield index, example

@@ -17,7 +17,7 @@ vectorised numpy. Every label comes from the same ray hit, so they agree exactly
 Examples are deterministic by ``(seed, index)``: each draws from its own
 ``np.random.default_rng([seed, index])``, so any example can be regenerated alone.
 The figure in ``docs/synthetic_samples.png`` is made by
-``python -m mtpsl_tf.data.synthetic --figure docs/synthetic_samples.png``.
+``python -m mtpsl_datasets.synthetic.render --figure docs/synthetic_samples.png``.
 """
 
 from __future__ import annotations
@@ -226,10 +226,16 @@ def _place_against_wall(b, width, depth, tries=8):
     return None
 
 
+def _against_wall(b, *ranges):
+    """Draws sizes (width, depth, ...) uniformly from `ranges`, in order, and a free wall
+    spot for the width x depth footprint: (frame or None, sizes)."""
+    sizes = [b.rng.uniform(low, high) for low, high in ranges]
+    return _place_against_wall(b, sizes[0], sizes[1]), sizes
+
+
 def _add_bed(b):
     rng = b.rng
-    w, d, h = rng.uniform(1.3, 1.8), rng.uniform(1.9, 2.1), rng.uniform(0.45, 0.6)
-    frame = _place_against_wall(b, w, d)
+    frame, (w, d, h) = _against_wall(b, (1.3, 1.8), (1.9, 2.1), (0.45, 0.6))
     if frame is None:
         return
     mat = b.material(BED, texture=rng.choice([PLAIN, STRIPES, CHECKER]))
@@ -242,8 +248,7 @@ def _add_bed(b):
 
 def _add_sofa(b):
     rng = b.rng
-    w, d = rng.uniform(1.6, 2.3), rng.uniform(0.8, 0.95)
-    frame = _place_against_wall(b, w, d)
+    frame, (w, d) = _against_wall(b, (1.6, 2.3), (0.8, 0.95))
     if frame is None:
         return
     mat = b.material(SOFA, texture=rng.choice([PLAIN, NOISE]))
@@ -256,8 +261,7 @@ def _add_sofa(b):
 
 def _add_cabinet(b):
     rng = b.rng
-    w, d, h = rng.uniform(0.6, 1.5), rng.uniform(0.35, 0.55), rng.uniform(0.5, 2.0)
-    frame = _place_against_wall(b, w, d)
+    frame, (w, d, h) = _against_wall(b, (0.6, 1.5), (0.35, 0.55), (0.5, 2.0))
     if frame is None:
         return
     b.box(frame, (0, h / 2, d / 2), (w / 2, h / 2, d / 2),
