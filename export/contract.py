@@ -15,7 +15,9 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
-STRIDE = 32  # SegNet pools five times
+from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE, SEGNET_REASON, check_multiple
+
+STRIDE = SEGNET_INPUT_MULTIPLE  # SegNet pools five times; every backbone is exported at its sizes
 PROBS, LABEL = "_probs", "_label"
 
 
@@ -25,11 +27,8 @@ def is_classification(task) -> bool:
 
 
 def check_size(height: int, width: int) -> None:
-    """Raises ValueError unless both are positive multiples of 32."""
-    for label, size in (("height", height), ("width", width)):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0 or size % STRIDE:
-            raise ValueError(f"export {label} must be a positive multiple of {STRIDE} "
-                             f"(SegNet pools 5 times), got {size!r}")
+    """Raises ValueError unless both are positive integer multiples of 32 (`STRIDE`)."""
+    check_multiple(height, width, STRIDE, "export", SEGNET_REASON)
 
 
 def output_spec(tasks: Sequence, height: int, width: int) -> Dict[str, Dict[str, object]]:

@@ -62,7 +62,7 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
 
     restored = load_network(model_dir, which=which, height=height, width=width)
     contract.check_size(restored.height, restored.width)
-    unsupported = getattr(restored.network, "unsupported_export_formats", ())
+    unsupported = restored.network.unsupported_export_formats  # models.backbone.Backbone
     refused = [f.name for f in chosen if f.name in unsupported]
     if refused:
         raise ValueError(f"--formats={','.join(refused)}: not supported for the "

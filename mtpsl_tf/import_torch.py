@@ -3,8 +3,8 @@
     python -m mtpsl_tf.import_torch results/nyuv2/mtl_xtc_onelabel.pth.tar \\
         --dataset=nyuv2 --setting=onelabel --out=runs/authors_onelabel
 
-The file is read with `torch_format.load_torch_file` (a restricted unpickler: no code from
-the file runs). The SegNet architecture is inferred from the tensors themselves: the five
+The file is read with `interop.torch_format.load_torch_file` (a restricted unpickler: no code
+from the file runs). The SegNet architecture is inferred from the tensors themselves: the five
 filter widths (`encoder_block.{i}.0.weight`), the "deep" variant (two conv-BN-ReLU units
 per block: `encoder_block.0.3.weight` exists) and the heads `pred_task1..K`, which map to
 the dataset's tasks in order. Tensors the model does not use (e.g. `logsigma`, the Cityscapes
@@ -248,18 +248,15 @@ def load_torch_checkpoint(path: str, dataset: str, dataset_config: str = "") -> 
         KeyError naming missing tensors (or an unknown dataset); ValueError when the heads
         or the mapping net do not fit the dataset's tasks, or a tensor's shape is wrong.
     """
-    from mtpsl_tf.models.segnet_torch import assign_torch_state
-    from mtpsl_tf.torch_format import load_torch_file
+    from mtpsl_tf.interop.segnet import assign_torch_state
+    from mtpsl_tf.interop.torch_format import load_torch_file
 
     tasks = dataset_tasks(dataset, dataset_config)
     state, mapfns, epoch = split_checkpoint(load_torch_file(path), source=str(path))
     arch = infer_architecture(state)
     match_heads(arch, tasks, dataset)
     model = build_segnet(arch, tasks)
-    try:
-        unused = assign_torch_state(model, state, [t.name for t in tasks])
-    except KeyError as err:
-        raise KeyError(f"{path}: {err.args[0]}") from None
+    unused = assign_torch_state(model, state, [t.name for t in tasks], source=str(path))
     mapping = None
     if mapfns is not None:
         mapping, unused_map = build_mapping(mapfns, tasks, dataset)
@@ -368,7 +365,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 2 bad input)."""
-    from mtpsl_tf.torch_format import UnsafeCheckpointError
+    from mtpsl_tf.interop.torch_format import UnsafeCheckpointError
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

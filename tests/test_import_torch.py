@@ -118,7 +118,7 @@ def imported(fixture_path):
 
 @pytest.fixture(scope="module")
 def fixture_dict(fixture_path):
-    from mtpsl_tf.torch_format import load_torch_file
+    from mtpsl_tf.interop.torch_format import load_torch_file
 
     return load_torch_file(fixture_path)
 

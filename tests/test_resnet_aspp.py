@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtpsl_tf.models import resnet
+from mtpsl_tf.interop import resnet
 from torch_writer import write_torch_file
 from mtpsl_tf.models.aspp import ASPP, ASPPConv, DeepLabHead
 from mtpsl_tf.models.registry import BACKBONES
-from mtpsl_tf.models.resnet import (BasicBlock, DilatedResNet18, ResNetASPP, TorchConv2D,
-                                    load_torchvision_resnet, max_pool_3x3_s2_p1)
+from mtpsl_tf.interop.resnet import load_torchvision_resnet
+from mtpsl_tf.models.resnet import BasicBlock, DilatedResNet18, ResNetASPP, TorchConv2D, max_pool_3x3_s2_p1
 
 FILTERS = (4, 4, 8, 8, 16)
 ASPP_WIDTH = 8

@@ -13,7 +13,7 @@ import tensorflow as tf
 from mtpsl_tf.methods.supervised import masked_task_loss
 from mtpsl_tf.models.layers import BatchNorm
 from mtpsl_tf.models.segnet import SegNet
-from mtpsl_tf.models.segnet_torch import assign_torch_state, torch_name_map
+from mtpsl_tf.interop.segnet import assign_torch_state, torch_name_map
 from mtpsl_tf.tasks.depth import Depth
 from mtpsl_tf.tasks.normal import Normal
 from mtpsl_tf.tasks.semantic import Semantic

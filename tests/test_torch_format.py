@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from mtpsl_tf.torch_format import UnsafeCheckpointError, load_torch_file
+from mtpsl_tf.interop.torch_format import UnsafeCheckpointError, load_torch_file
 
 CHECKPOINT = "nyuv2_segnet_w8_64x96.pth.tar"
 WEIGHTS = "nyuv2_segnet_w8_64x96_weights.npz"

@@ -16,17 +16,14 @@ def torch_conv_initializer() -> keras.initializers.Initializer:
     )
 
 
-def conv2d(filters: int, kernel_size: int, name: str) -> keras.layers.Conv2D:
-    """Conv with bias, 'same' padding (= PyTorch padding k//2), Xavier-normal, zero bias."""
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        padding="same",
-        use_bias=True,
-        kernel_initializer=torch_conv_initializer(),
-        bias_initializer="zeros",
-        name=name,
-    )
+def conv2d(filters: int, kernel_size: int, name: str, dtype=None) -> keras.layers.Conv2D:
+    """Conv with bias, 'same' padding (= PyTorch padding k//2), Xavier-normal, zero bias.
+
+    `dtype`: the layer's dtype policy (None: the global one), e.g. a parent's `dtype_policy`.
+    The SegNet and the MTPSL mapping net build their 3x3 convs with it."""
+    return keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=True,
+                               kernel_initializer=torch_conv_initializer(), bias_initializer="zeros",
+                               name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -28,22 +28,23 @@ mean / std); here the backbone does `(x - mean) / std` itself, so the input cont
 unchanged and torchvision's ImageNet weights see what they were trained on.
 
 Weights: `pretrained` = torchvision's resnet18 ImageNet state dict (resnet18-5c106cde.pth or
-resnet18-f37072fd.pth), read with `mtpsl_tf.torch_format` (no code is executed, nothing is
-ever downloaded) and placed by `load_torchvision_resnet`. Without it, convs get torchvision's
+resnet18-f37072fd.pth), read with `mtpsl_tf.interop.torch_format` (no code is executed, nothing
+is ever downloaded) and placed by `mtpsl_tf.interop.resnet.load_torchvision_resnet`. Without
+it, convs get torchvision's
 init (kaiming-normal, fan_out, ReLU gain), BatchNorm weight 1 / bias 0.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.models import registry
 from mtpsl_tf.models.aspp import ASPP_CHANNELS, ATROUS_RATES, DROPOUT, DeepLabHead, channels_shape
+from mtpsl_tf.models.backbone import Backbone
 from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.layers import PACKAGE, BatchNorm
 
@@ -223,7 +224,7 @@ class DilatedResNet18(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ResNetASPP(keras.Model):
+class ResNetASPP(Backbone):
     """Shared dilated ResNet-18 with one DeepLab-v3 ASPP head per task (the reference's
     `MultiTaskModel` with `ResnetDilated(resnet18)` and `DeepLabHead`s).
 
@@ -240,6 +241,8 @@ class ResNetASPP(keras.Model):
     reads. Any H, W >= 1 work; the heads upsample bilinearly to exactly H x W.
     """
 
+    feature_stride = OUTPUT_STRIDE
+    input_multiple = 1  # any H, W >= 1: the heads upsample to exactly H x W
     # XLA's CPU convolutions are slow with dilation (measured: a 512x512 training step 2.6x
     # slower than without XLA); the trainer warns when --xla is set on a CPU-only machine.
     slow_under_xla_on_cpu = True
@@ -270,10 +273,6 @@ class ResNetASPP(keras.Model):
             for name, spec in self.heads.items()
         }
 
-    @property
-    def task_names(self) -> List[str]:
-        return list(self.heads)
-
     def build(self, input_shape):
         self.backbone.build(input_shape)
         for head in self.task_heads.values():
@@ -296,82 +295,6 @@ class ResNetASPP(keras.Model):
         return config
 
 
-# ----------------------------------------------------------------------------- torchvision weights
-
-_BN_TENSORS = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-               ("moving_variance", "running_var"))
-
-
-def torchvision_name_map(backbone: DilatedResNet18) -> List[Tuple[keras.layers.Layer, str]]:
-    """(our conv / BN layer, torchvision module name) for every layer of the backbone."""
-    pairs: List[Tuple[keras.layers.Layer, str]] = [(backbone.conv1, "conv1"), (backbone.bn1, "bn1")]
-    for block in backbone.blocks:
-        prefix = block.name.replace("_", ".")  # layer{i}_{j} -> layer{i}.{j}
-        pairs += [(block.conv1, f"{prefix}.conv1"), (block.bn1, f"{prefix}.bn1"),
-                  (block.conv2, f"{prefix}.conv2"), (block.bn2, f"{prefix}.bn2")]
-        if block.downsample:
-            pairs += [(block.downsample_conv, f"{prefix}.downsample.0"),
-                      (block.downsample_bn, f"{prefix}.downsample.1")]
-    return pairs
-
-
-def _torch_tensors(layer, prefix: str) -> List[Tuple[object, str, tuple, Callable]]:
-    """(our variable, torch key, torch shape, torch array -> our layout) for one layer."""
-    if isinstance(layer, BatchNorm):
-        return [(getattr(layer, ours), f"{prefix}.{theirs}", tuple(getattr(layer, ours).shape), np.asarray)
-                for ours, theirs in _BN_TENSORS]
-    kh, kw, cin, cout = layer.kernel.shape
-    return [(layer.kernel, f"{prefix}.weight", (cout, cin, kh, kw),
-             lambda w: np.transpose(w, (2, 3, 1, 0)))]  # OIHW -> HWIO
-
-
-def load_torchvision_resnet(backbone: DilatedResNet18, state_dict: Mapping[str, object], source: str) -> None:
-    """Copies torchvision's resnet18 state dict into a built `DilatedResNet18`.
-
-    Conv weights are transposed OIHW -> HWIO; BatchNorm weight / bias / running_mean /
-    running_var go to gamma / beta / moving_mean / moving_variance. `fc.*` and
-    `num_batches_tracked` are ignored. Everything is checked before anything is assigned.
-
-    Raises:
-        ValueError naming `source` and the key: a tensor is missing, a key is unexpected, a
-        shape differs from the model's (e.g. a checkpoint of other widths), or a tensor is
-        not floating point.
-    """
-    if not backbone.built:
-        raise ValueError("build the model (call it once) before loading torchvision weights")
-    pairs = torchvision_name_map(backbone)
-    plan, expected = [], set()
-    for layer, prefix in pairs:
-        for variable, key, shape, to_ours in _torch_tensors(layer, prefix):
-            expected.add(key)
-            if key not in state_dict:
-                raise ValueError(f"{source}: missing tensor {key!r}; is this torchvision's resnet18 state dict? "
-                                 f"(it has {len(state_dict)} keys, e.g. {sorted(map(str, state_dict))[:3]})")
-            value = np.asarray(state_dict[key])
-            if not np.issubdtype(value.dtype, np.floating):
-                raise ValueError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected floating point")
-            if value.shape != shape:
-                raise ValueError(f"{source}: tensor {key!r} has shape {value.shape}, the model expects {shape} "
-                                 f"(filters {backbone.filters})")
-            plan.append((variable, to_ours(value).astype(np.float32)))
-    bn_prefixes = {prefix for layer, prefix in pairs if isinstance(layer, BatchNorm)}
-    for key in map(str, state_dict):
-        ignored = key.startswith("fc.") or (
-            key.endswith(".num_batches_tracked") and key[: -len(".num_batches_tracked")] in bn_prefixes)
-        if key not in expected and not ignored:
-            raise ValueError(f"{source}: unexpected tensor {key!r}: not part of torchvision's resnet18 "
-                             "(conv1, bn1, layer1..layer4; fc.* is ignored)")
-    for variable, value in plan:
-        variable.assign(value)
-
-
-def load_torchvision_resnet_file(backbone: DilatedResNet18, path: str) -> None:
-    """`load_torchvision_resnet` from a .pth file (read without torch or code execution)."""
-    from mtpsl_tf.torch_format import load_torch_file
-
-    load_torchvision_resnet(backbone, load_torch_file(path), os.fspath(path))
-
-
 @registry.BACKBONES.register("resnet18_aspp")
 def build_resnet18_aspp(heads, variant="standard", filters=None, pretrained="", name="resnet18_aspp") -> ResNetASPP:
     """Registry entry: dilated ResNet-18 + DeepLab-v3 heads (see `ResNetASPP`).
@@ -390,7 +313,8 @@ def build_resnet18_aspp(heads, variant="standard", filters=None, pretrained="", 
     aspp_channels = 256 if filters is None else max(4, 256 * int(filters[-1]) // 512)
     model = ResNetASPP(heads=heads, filters=filters, aspp_channels=aspp_channels, name=name)
     if pretrained:
-        from mtpsl_tf.torch_format import load_torch_file
+        from mtpsl_tf.interop.resnet import load_torchvision_resnet
+        from mtpsl_tf.interop.torch_format import load_torch_file
 
         state_dict = load_torch_file(pretrained)  # a missing / unreadable file fails before the build
         # Built through the model so the variables get their in-model paths (checkpoint keys).

@@ -8,7 +8,9 @@ import keras
 import tensorflow as tf
 
 from mtpsl_tf.models import registry
+from mtpsl_tf.models.backbone import Backbone
 from mtpsl_tf.models.heads import ACTIVATIONS, TaskHead
+from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
 from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, ConvBNReLU, MaxUnpool2D
 
 VARIANT_FILTERS = {
@@ -16,20 +18,11 @@ VARIANT_FILTERS = {
     "wide": (64, 128, 256, 512, 1024),
     "deep": (64, 128, 256, 512, 512),
 }
-STRIDE = 32  # five 2x2 poolings
-
-
-def check_input_size(height: int, width: int, where: str = "input") -> None:
-    """Raises ValueError unless both sizes are positive multiples of 32."""
-    for label, size in (("height", height), ("width", width)):
-        if size is not None and (size <= 0 or size % STRIDE):
-            raise ValueError(
-                f"SegNet {where} {label} must be a positive multiple of {STRIDE}, got {size}"
-            )
+STRIDE = SEGNET_INPUT_MULTIPLE  # five 2x2 poolings
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SegNet(keras.Model):
+class SegNet(Backbone):
     """Shared SegNet encoder-decoder with one small head per task.
 
     Args:
@@ -44,6 +37,9 @@ class SegNet(keras.Model):
     `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]]}`; "feature"
     is the last max-pooled encoder output (the method's regularisation target).
     """
+
+    feature_stride = STRIDE
+    input_multiple = STRIDE  # the unpooling switches need every pooled size even
 
     def __init__(
         self,
@@ -88,12 +84,8 @@ class SegNet(keras.Model):
             for name, spec in self.heads.items()
         }
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.heads)
-
     def call(self, images, training=False) -> Dict[str, tf.Tensor]:
-        check_input_size(images.shape[1], images.shape[2])
+        self.check_input_size(images.shape[1], images.shape[2])
         x, switches = images, []
         for i in range(5):
             x = self.encoder_block[i](x, training=training)

@@ -1,4 +1,4 @@
-"""Copies the authors' PyTorch SegNet tensors (state_dict names/layouts) into our SegNet."""
+"""The authors' PyTorch SegNet tensors (state_dict names / layouts) -> our SegNet."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from mtpsl_tf.interop.assign import BN_TENSORS, CONV_TENSORS, assign_torch_arrays
 from mtpsl_tf.models.layers import BatchNorm, ConvBNReLU
 from mtpsl_tf.models.segnet import SegNet
 
@@ -49,41 +50,23 @@ def torch_name_map(model: SegNet, torch_head_order: Sequence[str] | None = None)
     return pairs
 
 
-def _values_for(layer, prefix: str, state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    if isinstance(layer, BatchNorm):
-        names = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
-        return {ours: state[f"{prefix}.{theirs}"] for ours, theirs in names.items()}
-    kernel = state[f"{prefix}.weight"]
-    return {"kernel": np.transpose(kernel, (2, 3, 1, 0)), "bias": state[f"{prefix}.bias"]}  # OIHW -> HWIO
-
-
-def required_keys(model: SegNet, torch_head_order: Sequence[str] | None = None) -> List[str]:
-    keys = []
+def torch_targets(model: SegNet, torch_head_order: Sequence[str] | None = None) -> Dict[str, object]:
+    """PyTorch state_dict name -> our variable, for every tensor of a built SegNet."""
+    targets = {}
     for layer, prefix in torch_name_map(model, torch_head_order):
-        if isinstance(layer, BatchNorm):
-            keys += [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
-        else:
-            keys += [f"{prefix}.weight", f"{prefix}.bias"]
-    return keys
+        names = BN_TENSORS if isinstance(layer, BatchNorm) else CONV_TENSORS
+        targets.update({f"{prefix}.{theirs}": getattr(layer, ours) for ours, theirs in names})
+    return targets
 
 
 def assign_torch_state(
-    model: SegNet, state: Mapping[str, np.ndarray], torch_head_order: Sequence[str] | None = None
+    model: SegNet, state: Mapping[str, np.ndarray], torch_head_order: Sequence[str] | None = None,
+    source: str = "",
 ) -> List[str]:
-    """Copies a PyTorch SegNet state_dict into `model` (built). Returns the unused keys.
+    """Copies a PyTorch SegNet state_dict into `model` (built). Returns the unused keys
+    (`num_batches_tracked` counters excluded).
 
-    Raises KeyError listing every missing tensor, ValueError on a shape mismatch.
+    Raises KeyError listing every missing tensor, ValueError on a shape mismatch (see
+    `interop.assign.assign_torch_arrays`); nothing is assigned then.
     """
-    missing = [k for k in required_keys(model, torch_head_order) if k not in state]
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} SegNet tensors, e.g. {missing[:5]}")
-    used = set()
-    for layer, prefix in torch_name_map(model, torch_head_order):
-        values = _values_for(layer, prefix, state)
-        for attr, value in values.items():
-            variable = getattr(layer, attr)
-            if tuple(variable.shape) != tuple(value.shape):
-                raise ValueError(f"{prefix}: {attr} has shape {tuple(value.shape)}, model expects {tuple(variable.shape)}")
-            variable.assign(np.asarray(value, dtype=np.float32))
-        used.update(k for k in state if k.startswith(prefix + "."))
-    return sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
+    return assign_torch_arrays(state, torch_targets(model, torch_head_order), source=source)

@@ -1,0 +1,60 @@
+"""`Backbone`: the base class of every registered network, with its declared capabilities.
+
+The trainer, the methods and the exporters read these attributes instead of probing the
+network (`getattr(network, ..., default)`); a new backbone subclasses `Backbone`, sets what
+differs from the defaults and registers a builder in `models.registry.BACKBONES`.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import ClassVar, Dict, List, Mapping
+
+import keras
+
+from mtpsl_tf.models.input_size import check_multiple
+
+
+class Backbone(keras.Model):
+    """A shared network with one head per task.
+
+    Call: `model(images [B,H,W,3] float32 in [0, 1], training)` -> `{task: [B,H,W,channels]
+    float32, ..., "feature": [B,H/feature_stride,W/feature_stride,filters[-1]] float32}`.
+
+    Subclasses set the class attributes below that differ from the defaults and `filters` in
+    `__init__`.
+    """
+
+    heads: Dict[str, Dict[str, object]]
+    """Ordered task name -> head spec {"channels": int, "activation": str}, set by `__init__`."""
+
+    filters: List[int]
+    """The backbone's widths, set by `__init__` (SegNet: its five encoder widths; ResNet: stem,
+    layer1..layer4). The MTPSL mapping net is built with the same widths."""
+
+    feature_stride: ClassVar[int] = 1
+    """Input size / size of the "feature" output (SegNet 32, dilated ResNet 8)."""
+
+    input_multiple: ClassVar[int] = 1
+    """Height and width must be positive multiples of this (SegNet 32; the dilated ResNet
+    takes any size, its heads upsample to exactly H x W). See `check_input_size`."""
+
+    unsupported_export_formats: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """Export format name (`mtpsl_export.formats`) -> why it is refused. The exporter refuses
+    these before writing anything; the keys are the refused names."""
+
+    slow_under_xla_on_cpu: ClassVar[bool] = False
+    """True when XLA on a CPU-only machine makes training much slower (the trainer warns when
+    --xla is set there)."""
+
+    @classmethod
+    def check_input_size(cls, height, width, where: str = "input") -> None:
+        """Raises ValueError unless `height` and `width` are positive multiples of
+        `input_multiple`; None (a dynamic dimension) passes. The message names the class and
+        `where`, e.g. "SegNet input height must be a positive multiple of 32, got 48"."""
+        check_multiple(height, width, cls.input_multiple, f"{cls.__name__} {where}", allow_unknown=True)
+
+    @property
+    def task_names(self) -> List[str]:
+        """The tasks in head order."""
+        return list(self.heads)
