@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
+from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE, SEGNET_REASON
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("step", "poly")
@@ -122,8 +124,8 @@ class ExperimentConfig:
             if value <= 0:
                 raise ValueError(f"--{name} must be > 0, got {value}")
         for name, value in (("height", d.height), ("width", d.width)):
-            if value < 0 or value % 32:
-                raise ValueError(f"--{name} must be a multiple of 32 (SegNet pools 5 times), got {value}")
+            if value < 0 or value % SEGNET_INPUT_MULTIPLE:
+                raise ValueError(f"--{name} must be a multiple of {SEGNET_INPUT_MULTIPLE} ({SEGNET_REASON}), got {value}")
         if t.learning_rate <= 0:
             raise ValueError(f"--learning_rate must be > 0, got {t.learning_rate}")
         self.filter_list()

@@ -12,9 +12,9 @@ def pascal_tasks(num_classes: int) -> List:
     from mtpsl_tf.tasks.edge import Edge
     from mtpsl_tf.tasks.normal import Normal
     from mtpsl_tf.tasks.saliency import Saliency
-    from mtpsl_tf.tasks.semantic import Semantic
+    from mtpsl_tf.tasks.semantic import HumanParts, Semantic
 
-    return [Semantic(num_classes, name="semseg"), Semantic(7, name="human_parts"),
+    return [Semantic(num_classes, name="semseg"), HumanParts(),
             Normal(name="normals", loss="l1"), Saliency(name="sal"), Edge(name="edge")]
 
 

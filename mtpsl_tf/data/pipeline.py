@@ -199,7 +199,7 @@ def _size(bundle: DataBundle) -> Tuple[int, int]:
 
 def _test_transform(bundle: DataBundle):
     """The dataset's test transform (None: identity)."""
-    return AUGMENTATIONS.get(bundle.spec.test_policy).make_test(_size(bundle))
+    return AUGMENTATIONS.get(bundle.spec.test_policy).make_test(_size(bundle), bundle.tasks)
 
 
 def check_two_views(spec: DatasetSpec) -> None:
@@ -248,7 +248,7 @@ def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_
         # One transform for all epochs: it may hold compiled code (augment_pascal).
         policy = AUGMENTATIONS.get(spec.train_policy)
         make = policy.make_two_views if two_views else policy.make_train
-        transform = make(_size(bundle), spec.flip)
+        transform = make(_size(bundle), spec.flip, tasks)
 
     def one_epoch(epoch: int) -> tf.data.Dataset:
         # Order and augmentation are functions of (seed, epoch) alone: exact resume.

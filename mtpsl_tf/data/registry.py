@@ -23,7 +23,11 @@ DATASETS: Registry = Registry("dataset", modules=(
     "mtpsl_datasets.pascal_context.spec",
     "mtpsl_datasets.synthetic.spec",
 ))
-AUGMENTATIONS: Registry = Registry("augmentation policy")
+# One line per augmentation-policy module.
+AUGMENTATIONS: Registry = Registry("augmentation policy", modules=(
+    "mtpsl_tf.data.policies.mtan",
+    "mtpsl_tf.data.policies.mtl_pytorch",
+))
 
 # A transform maps (image, labels, seed) -> (image, labels) for training, (image, labels) ->
 # (image, labels) for testing, (image, labels, seed) -> (image1, labels1, image2, labels2)
@@ -36,71 +40,30 @@ class AugmentationPolicy:
     """The training and test transforms of one family of datasets.
 
     Each `make_*` is called once per pipeline (a transform may hold compiled code) with the
-    output `size` (height, width) and, for training, `flip` (DatasetSpec.flip); it returns a
+    output `size` (height, width), for training `flip` (DatasetSpec.flip), and last the
+    dataset's `tasks` (whose label hooks say how each label resamples, flips, zooms; None:
+    looked up by label name); it returns a
     function of one example in the DESIGN.md contract (`image` float [H, W, 3] in [0, 1],
     `labels` dict task -> [H, W, ...]), `seed` an int [2] stateless seed.
 
     Attributes:
         name: registry name (DatasetSpec.train_policy / test_policy).
-        make_train: (size, flip) -> (image, labels, seed) -> (image, labels).
-        make_test: (size) -> (image, labels) -> (image, labels), or -> None for the identity.
-        make_two_views: (size, flip) -> (image, labels, seed) -> (image1, labels1, image2,
+        make_train: (size, flip, tasks=None) -> (image, labels, seed) -> (image, labels).
+        make_test: (size, tasks=None) -> (image, labels) -> (image, labels), or -> None for
+            the identity.
+        make_two_views: (size, flip, tasks=None) -> (image, labels, seed) -> (image1, labels1, image2,
             labels2), the two views of MTPSL; None if the policy has no two-view sampling.
         resizes: the outputs have the given `size` whatever the input's (so the input may
             vary in size and DatasetSpec.image_size / --height --width choose the size).
     """
 
     name: str
-    make_train: Callable[[Tuple[int, int], bool], Transform]
-    make_test: Callable[[Tuple[int, int]], Optional[Transform]]
-    make_two_views: Optional[Callable[[Tuple[int, int], bool], Transform]] = None
+    make_train: Callable[..., Transform]
+    make_test: Callable[..., Optional[Transform]]
+    make_two_views: Optional[Callable[..., Transform]] = None
     resizes: bool = False
 
 
-def _mtan_train(size, flip: bool) -> Transform:
-    """The SegNet/MTAN scripts' RandomScaleCrop (+ flip with p 0.5 when `flip`, Cityscapes).
-    Keeps the input size; `size` is unused."""
-    import tensorflow as tf
-
-    from mtpsl_tf.data import augment
-
-    del size
-
-    def transform(image, labels, seed):
-        image, labels = augment.random_scale_crop(image, labels, seed)
-        if flip:
-            image, labels = augment.random_horizontal_flip(
-                image, labels, tf.random.experimental.stateless_fold_in(seed, 1))
-        return image, labels
-
-    return transform
-
-
-def _mtan_two_views(size, flip: bool) -> Transform:
-    from mtpsl_tf.data import augment
-
-    del size
-    return lambda image, labels, seed: augment.two_views(image, labels, seed, flip=flip)
-
-
-def _mtl_pytorch_train(size, flip: bool) -> Transform:
-    from mtpsl_tf.data import augment_pascal
-
-    return augment_pascal.TrainTransform(size=size, flip=flip)
-
-
-def _mtl_pytorch_test(size) -> Transform:
-    from mtpsl_tf.data import augment_pascal
-
-    return augment_pascal.TestTransform(size=size)
-
-
-AUGMENTATIONS.register("mtan")(AugmentationPolicy(
-    name="mtan", make_train=_mtan_train, make_test=lambda size: None, make_two_views=_mtan_two_views))
-# Multi-Task-Learning-PyTorch's PASCAL-Context policy (see data/augment_pascal.py): flip,
-# scale (0.75..1.25) and rotation (+-20 degrees), resize to the fixed size; test: resize.
-AUGMENTATIONS.register("mtl_pytorch")(AugmentationPolicy(
-    name="mtl_pytorch", make_train=_mtl_pytorch_train, make_test=_mtl_pytorch_test, resizes=True))
 
 
 def default_to_contract(example: Mapping[str, Any], tasks: Sequence[Task]) -> Dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
+from mtpsl_tf.interop.assign import assign_torch_arrays
+
 # The reference Mapfns mirrors SegNet's encoder: five stages.
 _MAPFNS_STAGES = 5
 
@@ -78,7 +80,7 @@ def load_torch_state(mapping_net, state: Mapping[str, np.ndarray]) -> list[str]:
     """Copies the authors' `Mapfns` state dict (numpy arrays, PyTorch names/layouts) into the net.
 
     Keys may carry the `mapfns/` prefix of the parity npz or not. Conv weights are converted from
-    OIHW to HWIO; FiLM tables `[C, T(T-1)]` are copied as they are.
+    OIHW to HWIO; FiLM tables `[C, T(T-1)]` are copied as they are (`assign_torch_arrays`).
 
     Returns:
         the input keys that were not used (BatchNorm `num_batches_tracked` counters are recognised
@@ -87,22 +89,6 @@ def load_torch_state(mapping_net, state: Mapping[str, np.ndarray]) -> list[str]:
         KeyError naming every missing parameter; ValueError on a shape mismatch.
     """
     named = _normalised_state(state)
-    targets = _torch_to_variables(mapping_net)
-    missing = sorted(name for name in targets if name not in named)
-    if missing:
-        raise KeyError(f"Mapfns state is missing {len(missing)} parameters: {missing}")
-    for name, variable in targets.items():
-        key, value = named[name]
-        if value.ndim == 4:
-            value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"{key!r}: shape {tuple(value.shape)} (after layout conversion) does not match "
-                f"the variable's {tuple(variable.shape)}"
-            )
-        variable.assign(value.astype(variable.dtype))
-    return sorted(
-        key
-        for name, (key, _) in named.items()
-        if name not in targets and not name.endswith("num_batches_tracked")
-    )
+    unused = assign_torch_arrays({name: array for name, (_, array) in named.items()},
+                                 _torch_to_variables(mapping_net), source="Mapfns state")
+    return sorted(named[name][0] for name in unused)

@@ -28,6 +28,9 @@ class Backbone(keras.Model):
     heads: Dict[str, Dict[str, object]]
     """Ordered task name -> head spec {"channels": int, "activation": str}, set by `__init__`."""
 
+    task_heads: Dict[str, keras.layers.Layer]
+    """Task name -> its head layer, created by `__init__`."""
+
     filters: List[int]
     """The backbone's widths, set by `__init__` (SegNet: its five encoder widths; ResNet: stem,
     layer1..layer4). The MTPSL mapping net is built with the same widths."""
@@ -58,3 +61,14 @@ class Backbone(keras.Model):
     def task_names(self) -> List[str]:
         """The tasks in head order."""
         return list(self.heads)
+
+    def head_layers(self) -> Dict[str, keras.layers.Layer]:
+        """Task name -> the layer holding that task's own (unshared) variables
+        (`task_heads`, which subclasses create in `__init__`)."""
+        return dict(self.task_heads)
+
+    def shared_trainable_variables(self) -> list:
+        """The trainable variables every task's loss reaches (all but the heads'): what a
+        gradient-based loss weighting differentiates each task's loss with respect to."""
+        own = {id(v) for layer in self.head_layers().values() for v in layer.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in own]

@@ -83,7 +83,7 @@ def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
     method = build_method(config, tasks, label_masks)
     tasks = method.network_tasks()
     network = build_network(config, tasks, height, width, load_pretrained)
-    if (config.train.xla and getattr(network, "slow_under_xla_on_cpu", False)
+    if (config.train.xla and network.slow_under_xla_on_cpu
             and not tf.config.list_physical_devices("GPU")):
         log.warning("--xla with --backbone=%s on a CPU-only machine: XLA's CPU convolutions are slow "
                     "with dilation (about 2.6x slower steps here); consider --noxla", config.model.backbone)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from mtpsl_tf.models.layers import conv2d
+
 
 def as_item_pair_index(pair_idx, num_items) -> tf.Tensor:
     """Scalar or `[N]` pair index -> int32 `[N]`."""
@@ -18,24 +20,9 @@ def as_item_pair_index(pair_idx, num_items) -> tf.Tensor:
     return pair_idx
 
 
-def _xavier_normal() -> keras.initializers.Initializer:
-    """PyTorch's `xavier_normal_`: untruncated normal, std sqrt(2 / (fan_in + fan_out))."""
-    return keras.initializers.VarianceScaling(
-        scale=1.0, mode="fan_avg", distribution="untruncated_normal"
-    )
-
-
 def conv3x3(filters: int, name: str, dtype) -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(
-        filters,
-        3,
-        padding="same",
-        use_bias=True,
-        kernel_initializer=_xavier_normal(),
-        bias_initializer="zeros",
-        name=name,
-        dtype=dtype,
-    )
+    """The reference's 3x3 conv (bias, 'same' padding, Xavier-normal, zero bias)."""
+    return conv2d(filters, 3, name=name, dtype=dtype)
 
 
 def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,1 @@
+"""Augmentation policies, one module each, registered in AUGMENTATIONS (data/registry.py)."""
