@@ -6,7 +6,7 @@ from __future__ import annotations
 from absl import flags
 
 from mtpsl_tf.config import ExperimentConfig, section_fields
-from mtpsl_tf.options import iter_option_fields
+from mtpsl_tf.options import iter_option_fields, type_name
 
 _DEFINERS = {"str": flags.DEFINE_string, "int": flags.DEFINE_integer,
              "float": flags.DEFINE_float, "bool": flags.DEFINE_boolean}
@@ -29,7 +29,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines one flag per config field and per component option on `flag_values`."""
     fields = [f for _, f in section_fields()] + _option_fields()
     for field in fields:
-        define = _DEFINERS[str(field.type)]
+        define = _DEFINERS[type_name(field)]
         define(field.name, field.default, field.metadata["help"], flag_values=flag_values)
 
 

@@ -29,6 +29,12 @@ class NoOptions:
     """The options of a component without flags of its own."""
 
 
+def type_name(field: dataclasses.Field) -> str:
+    """"str", "int", "float" or "bool" for a field annotated with that type (a string under
+    `from __future__ import annotations`, else the class)."""
+    return field.type if isinstance(field.type, str) else field.type.__name__
+
+
 def option_fields(options_cls) -> Tuple[dataclasses.Field, ...]:
     return dataclasses.fields(options_cls)
 
@@ -62,7 +68,7 @@ def iter_option_fields(components: Iterable[object]) -> Iterator[dataclasses.Fie
         for f in option_fields(getattr(component, "Options", NoOptions)):
             if f.name in seen:
                 other = seen[f.name]
-                if (str(other.type), other.default) != (str(f.type), f.default):
+                if (type_name(other), other.default) != (type_name(f), f.default):
                     raise ValueError(f"option --{f.name} is declared twice with different types/defaults")
                 continue
             seen[f.name] = f

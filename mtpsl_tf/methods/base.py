@@ -156,6 +156,14 @@ class Method(abc.ABC):
             total = total + terms.extra_weights[name] * value
         return total
 
+    def extra_total(self, terms: LossTerms):
+        """sum of the weighted extra terms (None when there are none)."""
+        total = None
+        for name, value in terms.extra.items():
+            term = terms.extra_weights[name] * value
+            total = term if total is None else total + term
+        return total
+
     def losses(self, network, batch, global_batch_size: int, progress, step) -> Dict[str, tf.Tensor]:
         """Named scalar losses `{"<task>_loss", extra terms..., "total"}` of one step."""
         terms = self.loss_terms(network, batch, global_batch_size, progress, step)

@@ -63,21 +63,9 @@ class MultiTaskModel(keras.Model):
     def train_step(self, batch):
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
-        progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
-        weighting = self.method.weighting
-        per_task = weighting.gradient_source == SHARED_PARAMETERS
-        names = list(groups)
-        flat = [v for n in names for v in groups[n]]
-        with tf.GradientTape(persistent=per_task) as tape:
-            terms = self.method.loss_terms(self.network, batch, self.global_batch_size, progress, main.iterations)
-            total = self.method.total(terms)
-            scaled = main.scale_loss(total)
-        grads = tape.gradient(scaled, flat)
-        if per_task:
-            grads = self._per_task_gradients(tape, terms, flat, grads, main)
-        del tape
+        grads, terms, total = self.compute_gradients(batch)
         start = 0
-        for name in names:
+        for name in groups:
             count = len(groups[name])
             pairs = list(zip(grads[start:start + count], groups[name]))
             start += count
@@ -89,23 +77,42 @@ class MultiTaskModel(keras.Model):
         # the global mean, so report the replica-summed value.
         for name, value in losses.items():
             self.loss_trackers[name].update_state(replica_sum(value))
-        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
-        return logs
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
-    def _per_task_gradients(self, tape, terms, flat, grads, main):
+    def compute_gradients(self, batch):
+        """(gradients aligned with the variable groups' variables in group order, the step's
+        LossTerms, the total). Gradients are of the SCALED loss under mixed_float16."""
+        groups = self.method.variable_groups(self.network)
+        main = self.group_optimizers["main"]
+        progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
+        per_task = self.method.weighting.gradient_source == SHARED_PARAMETERS
+        flat = [v for n in groups for v in groups[n]]
+        with tf.GradientTape(persistent=per_task) as tape:
+            terms = self.method.loss_terms(self.network, batch, self.global_batch_size, progress, main.iterations)
+            total = self.method.total(terms)
+            scaled = main.scale_loss(total)
+            if per_task:  # differentiated separately below, so recorded on the tape here
+                scaled_tasks = {name: main.scale_loss(loss) for name, loss in terms.tasks.items()}
+                extra = self.method.extra_total(terms)
+                scaled_extra = None if extra is None else main.scale_loss(extra)
+        grads = tape.gradient(scaled, flat)
+        if per_task:
+            grads = self._per_task_gradients(tape, terms, scaled_tasks, scaled_extra, flat, grads)
+        del tape
+        return grads, terms, total
+
+    def _per_task_gradients(self, tape, terms, scaled_tasks, scaled_extra, flat, grads):
         """`grads` with the shared variables' entries replaced by the weighting's combination
-        of each present task's (scaled) gradient of them."""
+        of each task's (scaled) gradient of them, plus the extra terms' own gradient."""
         shared = {id(v) for v in self.network.shared_trainable_variables()}
         positions = [i for i, v in enumerate(flat) if id(v) in shared]
         variables = [flat[i] for i in positions]
         task_grads = {}
-        for name, loss in terms.tasks.items():
-            g = tape.gradient(main.scale_loss(loss), variables)
+        for name, loss in scaled_tasks.items():
+            g = tape.gradient(loss, variables)
             task_grads[name] = [tf.zeros_like(v) if x is None else x for x, v in zip(g, variables)]
         combined = self.method.weighting.combine_gradients(task_grads, terms.tasks, terms.present)
-        # The extra terms (e.g. consistency) keep their own gradient of the shared variables.
-        extra = sum((w * terms.extra[n] for n, w in terms.extra_weights.items()), tf.constant(0.0))
-        extra_grads = tape.gradient(main.scale_loss(extra), variables) if terms.extra else [None] * len(variables)
+        extra_grads = [None] * len(variables) if scaled_extra is None else tape.gradient(scaled_extra, variables)
         grads = list(grads)
         for i, c, e in zip(positions, combined, extra_grads):
             grads[i] = c if e is None else c + e
