@@ -139,6 +139,11 @@ class Method(abc.ABC):
         """Names of the scalars `losses` returns (fixed, so trackers exist before tracing)."""
         return [f"{t.name}_loss" for t in self.tasks] + self.extra_loss_names() + ["total"]
 
+    def after_update(self) -> None:
+        """Runs in the training step after the optimisers applied the gradients (e.g. to
+        re-normalise or clip the method's own variables); default: the weighting's hook."""
+        self.weighting.after_update()
+
     # ------------------------------------------------------------------ the loss
     @abc.abstractmethod
     def loss_terms(self, network, batch: Dict[str, object], global_batch_size: int, progress: tf.Tensor,

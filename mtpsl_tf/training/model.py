@@ -70,6 +70,7 @@ class MultiTaskModel(keras.Model):
             pairs = list(zip(grads[start:start + count], groups[name]))
             start += count
             self._apply(name, pairs, main)
+        self.method.after_update()
         losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
         losses.update(terms.extra)
         losses["total"] = total

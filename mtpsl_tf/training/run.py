@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+import types
 from typing import Dict
 
 import keras
@@ -25,16 +26,24 @@ from mtpsl_tf.optim.schedules import PolyDecay, StepDecay
 log = logging.getLogger("mtpsl_tf")
 
 
+def _multi_worker() -> tf.distribute.Strategy:
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster spec)")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+# --strategy name -> the tf.distribute strategy it makes.
+STRATEGIES = types.MappingProxyType({
+    "default": tf.distribute.get_strategy,
+    "mirrored": tf.distribute.MirroredStrategy,
+    "multi_worker": _multi_worker,
+})
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster spec)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown --strategy {name!r}; expected default, mirrored or multi_worker")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown --strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()
 
 
 @contextlib.contextmanager

@@ -95,6 +95,10 @@ class LossWeighting:
         gradient of them (task -> list aligned with the shared variables, None-free)."""
         raise NotImplementedError
 
+    def after_update(self) -> None:
+        """Runs in the training step after the gradients were applied (e.g. GradNorm's
+        renormalisation of its weights); default nothing."""
+
     def weights(self) -> Dict[str, tf.Tensor]:
         """task -> the weight currently applied (logged per step and per epoch)."""
         return {n: tf.constant(w, tf.float32) for n, w in self.static_weights.items()}

@@ -101,7 +101,7 @@ class InputConvBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtpsl_tf")
-class FiLMConvBlock(keras.layers.Layer):
+class FiLMConvBlock(InputConvBlock):
     """conv3x3 -> per-item BatchNorm -> FiLM -> ReLU, `[N,H,W,C_in] -> [N,H,W,filters]`.
 
     FiLM tables `gamma` (init 1) and `beta` (init 0) have shape `[filters, num_pairs]` (the
@@ -110,20 +110,14 @@ class FiLMConvBlock(keras.layers.Layer):
     """
 
     def __init__(self, filters: int, num_pairs: int, epsilon: float = 1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = filters
+        super().__init__(filters, epsilon=epsilon, **kwargs)
         self.num_pairs = num_pairs
-        self.epsilon = epsilon
-        self.conv = conv3x3(filters, name="conv", dtype=self.dtype_policy)
-        self.bn = ItemBatchNorm(epsilon=epsilon, name="bn", dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        self.conv.build(input_shape)
-        self.bn.build(tuple(input_shape[:-1]) + (self.filters,))
         table_shape = (self.filters, self.num_pairs)
+        super().build(input_shape)
         self.gamma = self.add_weight(name="gamma", shape=table_shape, initializer="ones")
         self.beta = self.add_weight(name="beta", shape=table_shape, initializer="zeros")
-        super().build(input_shape)
 
     def call(self, inputs, pair_idx, training=None):
         """inputs `[N,H,W,C_in]`; pair_idx int scalar or `[N]`; returns `[N,H,W,filters]`."""
@@ -136,7 +130,5 @@ class FiLMConvBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {"filters": self.filters, "num_pairs": self.num_pairs, "epsilon": self.epsilon}
-        )
+        config.update({"num_pairs": self.num_pairs})
         return config
