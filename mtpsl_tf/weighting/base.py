@@ -98,6 +98,7 @@ class LossWeighting:
     def after_update(self) -> None:
         """Runs in the training step after the gradients were applied (e.g. GradNorm's
         renormalisation of its weights); default nothing."""
+        return None  # a body besides the docstring: AutoGraph cannot convert an empty one
 
     def weights(self) -> Dict[str, tf.Tensor]:
         """task -> the weight currently applied (logged per step and per epoch)."""
