@@ -156,6 +156,7 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
 
 def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     strategy = make_strategy(config.train.strategy)
+    _log_devices(strategy)
     d = config.data
     if d.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={d.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
@@ -193,6 +194,7 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     image_batch = _image_batch(test_ds, config.train.tensorboard_images)
     epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, model_dir, writer, image_batch)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch", write_graph=False),
+                 callbacks_lib.NonFiniteGuard(config.train.max_nonfinite_steps),
                  callbacks_lib.WeightingEpochEnd(model.method.weighting), epoch_end]
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
@@ -203,6 +205,13 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
                   callbacks=callbacks, verbose=config.train.verbose)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, epochs, time.time() - start)
     return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, epoch_end.history)
+
+
+def _log_devices(strategy: tf.distribute.Strategy) -> None:
+    """Says where the run trains (a GPU machine that trains on its CPU is easy to miss)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    log.info("training with %s on %d replica(s); GPUs visible to TensorFlow: %s", type(strategy).__name__,
+             strategy.num_replicas_in_sync, ", ".join(g.name for g in gpus) or "none (training on the CPU)")
 
 
 def _eval_epochs(config: ExperimentConfig, initial_epoch: int):
