@@ -34,11 +34,16 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
+def scalar(value) -> float:
+    """A log value as a float (scalars, or `[1]` arrays under MultiWorkerMirroredStrategy)."""
+    return float(np.asarray(value).reshape(-1)[0])
+
+
 def _clean(logs: Dict[str, object], prefix: str) -> Dict[str, float]:
     out = {}
     for key, value in logs.items():
         if key.startswith(prefix):
-            number = float(value)
+            number = scalar(value)
             out[key[len(prefix):]] = None if math.isnan(number) else number
     return out
 
@@ -142,7 +147,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self.epoch, self.seen = epoch + 1, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        count = float((logs or {}).get(self.key, 0.0))
+        count = scalar((logs or {}).get(self.key, 0.0))
         if count <= self.seen + 0.5:
             self.streak = 0
             return
@@ -150,7 +155,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         log.warning("epoch %d step %d skipped: its loss or a gradient is not finite (%d skipped this epoch, "
                     "%d in a row)", self.epoch, batch + 1, round(count), self.streak)
         if self.streak >= self.max_consecutive:
-            means = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()) if k != self.key)
+            means = ", ".join(f"{k}={scalar(v):.4g}" for k, v in sorted((logs or {}).items()) if k != self.key)
             raise NonFiniteLossError(
                 f"training stopped at epoch {self.epoch}, step {batch + 1}: {self.streak} consecutive steps had a "
                 f"non-finite loss or gradient and were skipped (--max_nonfinite_steps={self.max_consecutive}); "
@@ -168,7 +173,7 @@ class WeightingEpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        means = {n: float(logs[f"{n}_loss"]) for n in self.weighting.task_names if f"{n}_loss" in logs}
+        means = {n: scalar(logs[f"{n}_loss"]) for n in self.weighting.task_names if f"{n}_loss" in logs}
         self.weighting.end_epoch(epoch + 1, means)
 
 

@@ -39,6 +39,15 @@ def _apply_if(condition: tf.Tensor, apply_fn) -> None:
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
 
 
+def _for_keras_reduction(logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The step's logs (scalars, equal on every replica) shaped for Keras' cross-replica
+    reduction: with MultiWorkerMirroredStrategy Keras reduces them with MEAN over axis 0,
+    which a scalar lacks (Keras 3.15), so they travel as `[1]` there."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+
 class MultiTaskModel(keras.Model):
     """Wraps a network (dict outputs) and a Method (losses) for `fit` / `evaluate`.
 
@@ -73,6 +82,12 @@ class MultiTaskModel(keras.Model):
 
     def call(self, images, training=False):
         return self.network(images, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Every variable is created by training.run.build before fit/evaluate. Keras' own
+        # symbolic build would first reduce a distributed dict batch across replicas, which
+        # MultiWorkerMirroredStrategy rejects (Keras 3.15, TF backend).
+        return None
 
     def set_optimizers(self, optimizers: Dict[str, keras.optimizers.Optimizer]) -> None:
         """Optimiser per variable group; "main" is also the model's `optimizer`."""
@@ -111,9 +126,8 @@ class MultiTaskModel(keras.Model):
         else:
             finite = self._all_finite(total, grads)
             _apply_if(finite, apply_all)
-            # Keras sums the replicas' tracker states: each replica adds its share.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            self.nonfinite_tracker.update_state((1.0 - tf.cast(finite, tf.float32)) / replicas)
+            # `finite` is the same on every replica, like the replica-summed losses below.
+            self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
         losses.update(terms.extra)
         losses["total"] = total
@@ -126,7 +140,7 @@ class MultiTaskModel(keras.Model):
             self.loss_trackers[name].update_state(tf.where(kept > 0, value, 0.0), sample_weight=kept)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         logs[NONFINITE] = self.nonfinite_tracker.result()
-        return logs
+        return _for_keras_reduction(logs)
 
     @staticmethod
     def _all_finite(total, grads) -> tf.Tensor:
@@ -191,7 +205,7 @@ class MultiTaskModel(keras.Model):
         outputs = self.network(batch["image"], training=False)
         for task in self.tasks:
             task.update_metric(self.task_metrics[task.name], batch["labels"][task.name], outputs[task.name])
-        return self.metric_results()
+        return _for_keras_reduction(self.metric_results())
 
     def metric_results(self) -> Dict[str, tf.Tensor]:
         out = {}
