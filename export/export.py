@@ -28,6 +28,7 @@ from mtpsl_tf.cli import error_message, quiet_library_logs
 
 DEFAULT_FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
 REPORT = "export_report.json"
+SWITCH_CHOICES = ("arithmetic", "compare")  # mtpsl_tf.models.layers.SWITCH_OPS, without TensorFlow
 
 
 def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: Optional[int] = None,
@@ -35,7 +36,7 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
                  num_calibration: int = 32, data_dir: Optional[str] = None,
                  tolerance: Optional[float] = None, max_degradation: Optional[float] = None,
                  overwrite: bool = False, images_dir: Optional[str] = None, verify_source: str = "auto",
-                 calibration_dir: Optional[str] = None) -> dict:
+                 calibration_dir: Optional[str] = None, litert_switches: str = "arithmetic") -> dict:
     """Exports `model_dir`'s `which` checkpoint to `out_dir` in `formats` and verifies them.
 
     Args:
@@ -48,6 +49,9 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
             scenes), "dataset", "synthetic" or "random" (seeded noise).
         calibration_dir: calibrate int8 on this folder's images (else the training split when
             available, else the synthetic scenes with a warning).
+        litert_switches: "arithmetic" (default) converts the LiteRT formats with the SegNet's
+            inference-only pooling switches built from XNNPACK ops (one delegated partition
+            for the network), "compare" with the training-time comparison ops.
         tolerance, max_degradation: verification rules (defaults in `verification`).
         overwrite: replace an existing `out_dir`.
 
@@ -60,6 +64,8 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
 
     chosen = formats_lib.parse_formats(formats)
     _check_request(out_dir, height, width, num_verify, num_calibration, overwrite, verify_source)
+    if litert_switches not in SWITCH_CHOICES:
+        raise ValueError(f"--litert_switches={litert_switches!r}: expected one of {', '.join(SWITCH_CHOICES)}")
     tolerance = verification.TOLERANCE if tolerance is None else tolerance
     max_degradation = verification.MAX_DEGRADATION if max_degradation is None else max_degradation
 
@@ -90,10 +96,11 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
-        files = _write_formats(restored, chosen, staging, calibration)
+        files = _write_formats(restored, chosen, staging, calibration, litert_switches)
         report = _verify(restored, chosen, files, staging, verify, tolerance, max_degradation)
         report.update(model_dir=os.path.abspath(model_dir), which=which, num_calibration=(
-            0 if calibration is None else len(calibration)), calibration_source=calibration_source)
+            0 if calibration is None else len(calibration)), calibration_source=calibration_source,
+            litert_switches=litert_switches)
         failures = {name: f["problems"] for name, f in report["formats"].items() if f["problems"]}
         if failures:
             raise verification.VerificationError(_failure_message(failures), report)
@@ -151,9 +158,11 @@ def _failure_message(failures: Dict[str, list]) -> str:
 
 
 # ----------------------------------------------------------------------------- formats
-def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str]:
-    """Writes each format into `staging`; returns format name -> path."""
+def _write_formats(restored, chosen, staging: str, calibration, litert_switches: str) -> Dict[str, str]:
+    """Writes each format into `staging`; returns format name -> path. The LiteRT formats are
+    converted from a batch-1 SavedModel traced with `litert_switches` pooling switches."""
     from mtpsl_export import writers
+    from mtpsl_tf.models.layers import arithmetic_switches
 
     net, tasks, h, w = restored.network, restored.tasks, restored.height, restored.width
     files = {}
@@ -161,7 +170,9 @@ def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str
         if not fmt.tflite:
             files[fmt.name] = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, fmt.filename))
     if any(f.tflite for f in chosen):
-        scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1, uint8=False)
+        with arithmetic_switches(net) if litert_switches == "arithmetic" else contextlib.nullcontext():
+            scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1,
+                                                uint8=False)
         representative = None if calibration is None else writers.representative_from(calibration)
         for fmt in chosen:
             if fmt.tflite:
@@ -283,6 +294,9 @@ def define_flags(flag_values=None):
     flags.DEFINE_float("tolerance", 1e-4, "Max |diff| of float32 formats vs Keras.", flag_values=fv)
     flags.DEFINE_float("max_degradation", 0.5, "Max relative primary-metric degradation of fp16/int8.",
                        flag_values=fv)
+    flags.DEFINE_enum("litert_switches", "arithmetic", list(SWITCH_CHOICES),
+                      "SegNet pooling switches of the LiteRT formats: arithmetic = inference-only ops XNNPACK "
+                      "delegates (same values), compare = the training-time comparison ops.", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.", flag_values=fv)
     flags.mark_flags_as_required(["model_dir", "out"], flag_values=fv)
 
@@ -306,7 +320,8 @@ def cli(f) -> int:
                               data_dir=f.data_dir or None, tolerance=f.tolerance,
                               max_degradation=f.max_degradation, overwrite=f.overwrite,
                               images_dir=f.images or None, verify_source=f.verify_source,
-                              calibration_dir=f.calibration_images or None)
+                              calibration_dir=f.calibration_images or None,
+                              litert_switches=f.litert_switches)
     except VerificationError as err:
         print(summary(err.report), file=sys.stderr)
         print(f"error: {err}\nnothing was written to {f.out!r}", file=sys.stderr)
