@@ -248,8 +248,11 @@ class ResNetASPP(Backbone):
     slow_under_xla_on_cpu = True
     # Export format -> why not (mtpsl_export refuses these before writing anything).
     unsupported_export_formats = {
-        "tflite_int8": "LiteRT aborts the process running the int8 graph (XNNPACK cannot prepare "
-                       "it and the builtin kernels abort), measured with ai-edge-litert here"}
+        "tflite_int8": "LiteRT aborts the process running the int8 graph: the converter leaves the ASPP's "
+                       "dilated 3x3 convolutions (rates 12/24/36) as int8 SPACE_TO_BATCH_ND -> CONV_2D -> "
+                       "BATCH_TO_SPACE_ND, XNNPACK fails to prepare that graph and the builtin kernels "
+                       "abort (SIGABRT) on the first invoke, measured with ai-edge-litert 2.3.0 here "
+                       "(docs/EXPORT.md)"}
 
     def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int] | None = None,
                  aspp_channels: int = ASPP_CHANNELS, atrous_rates: Sequence[int] = ATROUS_RATES,
