@@ -37,6 +37,8 @@ flags.DEFINE_integer("height", None, "With --model_dir: input height (default: t
 flags.DEFINE_integer("width", None, "With --model_dir: input width (default: training size).")
 flags.DEFINE_string("setups", "nyuv2:288x384,cityscapes:128x256",
                     "Without --model_dir: dataset:HxW,... (the dataset gives the task heads).")
+flags.DEFINE_string("backbone", "segnet", "Backbone of random-weight models: segnet or resnet18_aspp "
+                    "(e.g. --backbone=resnet18_aspp --setups=pascal_context:512x512).")
 flags.DEFINE_string("variant", "standard", "SegNet variant of random-weight models.")
 flags.DEFINE_string("filters", "", "Comma-separated 5 widths of random-weight models (empty: the variant's).")
 flags.DEFINE_list("formats", list(FORMATS), "Formats to time.")
@@ -89,7 +91,7 @@ def build(dataset: str, height: int, width: int):
     from mtpsl_tf.training.run import build_network
 
     config = ExperimentConfig()
-    config.model.variant, config.model.filters = FLAGS.variant, FLAGS.filters
+    config.model.backbone, config.model.variant, config.model.filters = FLAGS.backbone, FLAGS.variant, FLAGS.filters
     tasks = DATASETS.get(dataset).tasks()
     keras.utils.set_random_seed(0)
     return build_network(config.validate(), tasks, height, width), tasks
@@ -171,7 +173,8 @@ def run_worker(fmt: str, path: str, dataset: str, height: int, width: int) -> di
     args = [sys.executable, os.path.abspath(__file__), f"--worker={fmt}", f"--path={path}", f"--dataset={dataset}",
             f"--height={height}", f"--width={width}", f"--warmup={FLAGS.warmup}", f"--runs={FLAGS.runs}",
             f"--num_threads={FLAGS.num_threads}", f"--{'' if FLAGS.xnnpack else 'no'}xnnpack",
-            f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}", f"--model_dir={FLAGS.model_dir}",
+            f"--backbone={FLAGS.backbone}", f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}",
+            f"--model_dir={FLAGS.model_dir}",
             f"--which={FLAGS.which}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(args, capture_output=True, text=True, env=env)
