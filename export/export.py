@@ -6,8 +6,10 @@
 Writes into --out (atomically: a temporary sibling directory renamed at the end, removed on
 any failure): `saved_model/`, `model_float32.tflite`, `model_float16.tflite`,
 `model_int8.tflite`, `export_report.json` (per format and output: differences to the Keras
-model on held-out test examples, task metrics, rule violations), `model_card.md/.json` and
-the training `config.json`. Exits non-zero when a format breaks a rule of
+model, task metrics when the dataset is available, rule violations), `model_card.md/.json`
+and the training `config.json`. Nothing here needs the training set: `export/inputs.py`
+chooses the verification and calibration images (dataset, `--images`, `--calibration_images`,
+synthetic scenes, seeded noise). Exits non-zero when a format breaks a rule of
 `mtpsl_export.verification` (exit 1) or on bad input (exit 2). See docs/EXPORT.md.
 """
 
