@@ -6,8 +6,10 @@
 
 Formats: keras (the network in a tf.function), saved_model (its `serving_default`), and LiteRT
 float32 / float16 / int8 flatbuffers on `ai_edge_litert`'s interpreter, whose default op
-resolver applies the XNNPACK delegate (the report counts the graph nodes it took over;
-`--no_xnnpack` times the builtin kernels instead). Each format is timed in its own
+resolver applies the XNNPACK delegate (`xnnpack_nodes`: the delegated partitions, DELEGATE
+nodes after the first invoke; `--no_xnnpack` times the builtin kernels instead). LiteRT files
+are converted with the export's default inference-only pooling switches (`--litert_switches=
+arithmetic`, XNNPACK ops) and/or the training-time comparison ops (`compare`), one row each. Each format is timed in its own
 subprocess so its peak RSS (ru_maxrss) is its own; LiteRT workers never import TensorFlow.
 Random-weight models are calibrated for int8 on uniform-noise images (speed does not
 depend on the calibration).
@@ -35,6 +37,8 @@ flags.DEFINE_integer("height", None, "With --model_dir: input height (default: t
 flags.DEFINE_integer("width", None, "With --model_dir: input width (default: training size).")
 flags.DEFINE_string("setups", "nyuv2:288x384,cityscapes:128x256",
                     "Without --model_dir: dataset:HxW,... (the dataset gives the task heads).")
+flags.DEFINE_string("backbone", "segnet", "Backbone of random-weight models: segnet or resnet18_aspp "
+                    "(e.g. --backbone=resnet18_aspp --setups=pascal_context:512x512).")
 flags.DEFINE_string("variant", "standard", "SegNet variant of random-weight models.")
 flags.DEFINE_string("filters", "", "Comma-separated 5 widths of random-weight models (empty: the variant's).")
 flags.DEFINE_list("formats", list(FORMATS), "Formats to time.")
@@ -43,6 +47,9 @@ flags.DEFINE_integer("runs", 10, "Timed runs.")
 flags.DEFINE_integer("num_threads", 2, "Threads of LiteRT and of TensorFlow's intra-op pool.")
 flags.DEFINE_boolean("xnnpack", True, "LiteRT with its default XNNPACK delegate.")
 flags.DEFINE_integer("num_calibration", 8, "int8 calibration images.")
+flags.DEFINE_list("litert_switches", ["arithmetic"],
+                  "SegNet pooling switches of the LiteRT formats, one row each: arithmetic (XNNPACK ops, the "
+                  "export default) and/or compare (the training-time comparison ops).")
 flags.DEFINE_string("workdir", "", "Where exports are written (empty: a temporary folder, removed).")
 # Internal: one format timed in a child process.
 flags.DEFINE_string("worker", "", "(internal) format to time in this process.")
@@ -84,7 +91,7 @@ def build(dataset: str, height: int, width: int):
     from mtpsl_tf.training.run import build_network
 
     config = ExperimentConfig()
-    config.model.variant, config.model.filters = FLAGS.variant, FLAGS.filters
+    config.model.backbone, config.model.variant, config.model.filters = FLAGS.backbone, FLAGS.variant, FLAGS.filters
     tasks = DATASETS.get(dataset).tasks()
     keras.utils.set_random_seed(0)
     return build_network(config.validate(), tasks, height, width), tasks
@@ -130,36 +137,44 @@ def worker(fmt: str, height: int, width: int) -> dict:
     return result
 
 
-def export_all(folder: str, dataset: str, height: int, width: int) -> dict:
-    """Writes the SavedModel and the TFLite files needed by --formats; returns format -> path."""
+def export_all(folder: str, dataset: str, height: int, width: int) -> list:
+    """Writes the SavedModel and the TFLite files needed by --formats (the LiteRT ones once per
+    --litert_switches); returns [(format, switches or None, path)] in timing order."""
+    import contextlib
+
     import numpy as np
 
     from mtpsl_export import writers
+    from mtpsl_tf.models.layers import arithmetic_switches
 
     network, tasks = build(dataset, height, width)
-    paths = {"keras": ""}
+    jobs = [("keras", None, "")] if "keras" in FLAGS.formats else []
     if "saved_model" in FLAGS.formats:
-        paths["saved_model"] = writers.write_saved_model(network, tasks, height, width,
-                                                         os.path.join(folder, "saved_model"))
+        jobs.append(("saved_model", None, writers.write_saved_model(network, tasks, height, width,
+                                                                     os.path.join(folder, "saved_model"))))
     wanted = [f for f in FLAGS.formats if f in TFLITE_FILES]
-    if wanted:
-        scratch = writers.write_saved_model(network, tasks, height, width, os.path.join(folder, "batch1"), batch=1)
-        calibration = np.random.default_rng(1).uniform(size=(FLAGS.num_calibration, height, width, 3))
+    calibration = np.random.default_rng(1).uniform(size=(FLAGS.num_calibration, height, width, 3))
+    for switches in FLAGS.litert_switches if wanted else ():
+        with arithmetic_switches(network) if switches == "arithmetic" else contextlib.nullcontext():
+            scratch = writers.write_saved_model(network, tasks, height, width,
+                                                os.path.join(folder, f"batch1_{switches}"), batch=1)
         for fmt in wanted:
             precision, name = TFLITE_FILES[fmt]
             start = time.perf_counter()
             content = writers.convert_tflite(scratch, precision, writers.representative_from(calibration))
-            paths[fmt] = writers.write_tflite(content, os.path.join(folder, name))
-            print(f"  converted {fmt} ({len(content) / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr)
-    return paths
+            path = writers.write_tflite(content, os.path.join(folder, f"{switches}_{name}"))
+            jobs.append((fmt, switches, path))
+            print(f"  converted {fmt} ({switches} switches, {len(content) / 2**20:.1f} MiB) in "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return jobs
 
 
 def run_worker(fmt: str, path: str, dataset: str, height: int, width: int) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f"--worker={fmt}", f"--path={path}", f"--dataset={dataset}",
             f"--height={height}", f"--width={width}", f"--warmup={FLAGS.warmup}", f"--runs={FLAGS.runs}",
             f"--num_threads={FLAGS.num_threads}", f"--{'' if FLAGS.xnnpack else 'no'}xnnpack",
-            f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}", f"--model_dir={FLAGS.model_dir}",
+            f"--backbone={FLAGS.backbone}", f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}",
+            f"--model_dir={FLAGS.model_dir}",
             f"--which={FLAGS.which}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(args, capture_output=True, text=True, env=env)
@@ -208,6 +223,9 @@ def main(argv):
     unknown = sorted(set(FLAGS.formats) - set(FORMATS))
     if unknown:
         raise app.UsageError(f"unknown format {unknown[0]!r}; expected some of {', '.join(FORMATS)}")
+    bad = sorted(set(FLAGS.litert_switches) - {"arithmetic", "compare"})
+    if bad or not FLAGS.litert_switches:
+        raise app.UsageError(f"--litert_switches: expected arithmetic and/or compare, got {FLAGS.litert_switches}")
     from mtpsl_export import contract
 
     host = machine()
@@ -216,12 +234,14 @@ def main(argv):
         for dataset, height, width in setups():
             contract.check_size(height, width)
             print(f"{dataset} {height}x{width}: exporting ...", file=sys.stderr)
-            paths = export_all(os.path.join(tmp, f"{dataset}_{height}x{width}"), dataset, height, width)
-            for fmt in FLAGS.formats:
-                result = run_worker(fmt, paths[fmt], dataset, height, width)
-                size_mb = _size_mb(paths[fmt]) if paths[fmt] else None
-                rows.append({"setup": f"{dataset} {height}x{width}", "format": fmt, "file_mb": size_mb, **result})
-                print(f"  {fmt}: {result['median_ms']:.1f} ms", file=sys.stderr)
+            jobs = export_all(os.path.join(tmp, f"{dataset}_{height}x{width}"), dataset, height, width)
+            for fmt, switches, path in jobs:
+                result = run_worker(fmt, path, dataset, height, width)
+                size_mb = _size_mb(path) if path else None
+                rows.append({"setup": f"{dataset} {height}x{width}", "format": fmt, "switches": switches,
+                             "file_mb": size_mb, **result})
+                print(f"  {fmt}{'' if switches is None else ' (' + switches + ')'}: {result['median_ms']:.1f} ms",
+                      file=sys.stderr)
     print(f"\nmachine: {host}; threads: {FLAGS.num_threads}; batch 1; median of {FLAGS.runs} runs "
           f"after {FLAGS.warmup} warm-up; XNNPACK {'on' if FLAGS.xnnpack else 'off'}\n")
     print(table(rows))
@@ -236,12 +256,12 @@ def _size_mb(path: str) -> float:
 
 
 def table(rows) -> str:
-    lines = ["| setup | format | median ms | min ms | peak RSS MB | file MB | XNNPACK nodes |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| setup | format | switches | median ms | min ms | peak RSS MB | file MB | XNNPACK partitions |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         size = "" if r["file_mb"] is None else f"{r['file_mb']:.1f}"
-        lines.append(f"| {r['setup']} | {r['format']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {size} | {r.get('xnnpack_nodes', '')} |")
+        lines.append(f"| {r['setup']} | {r['format']} | {r.get('switches') or ''} | {r['median_ms']:.1f} | "
+                     f"{r['min_ms']:.1f} | {r['peak_rss_mb']:.0f} | {size} | {r.get('xnnpack_nodes', '')} |")
     return "\n".join(lines)
 
 

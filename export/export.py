@@ -6,8 +6,10 @@
 Writes into --out (atomically: a temporary sibling directory renamed at the end, removed on
 any failure): `saved_model/`, `model_float32.tflite`, `model_float16.tflite`,
 `model_int8.tflite`, `export_report.json` (per format and output: differences to the Keras
-model on held-out test examples, task metrics, rule violations), `model_card.md/.json` and
-the training `config.json`. Exits non-zero when a format breaks a rule of
+model, task metrics when the dataset is available, rule violations), `model_card.md/.json`
+and the training `config.json`. Nothing here needs the training set: `export/inputs.py`
+chooses the verification and calibration images (dataset, `--images`, `--calibration_images`,
+synthetic scenes, seeded noise). Exits non-zero when a format breaks a rule of
 `mtpsl_export.verification` (exit 1) or on bad input (exit 2). See docs/EXPORT.md.
 """
 
@@ -28,20 +30,30 @@ from mtpsl_tf.cli import error_message, quiet_library_logs
 
 DEFAULT_FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
 REPORT = "export_report.json"
+SWITCH_CHOICES = ("arithmetic", "compare")  # mtpsl_tf.models.layers.SWITCH_OPS, without TensorFlow
 
 
 def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: Optional[int] = None,
                  width: Optional[int] = None, which: str = "best", num_verify: int = 16,
                  num_calibration: int = 32, data_dir: Optional[str] = None,
                  tolerance: Optional[float] = None, max_degradation: Optional[float] = None,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, images_dir: Optional[str] = None, verify_source: str = "auto",
+                 calibration_dir: Optional[str] = None, litert_switches: str = "arithmetic") -> dict:
     """Exports `model_dir`'s `which` checkpoint to `out_dir` in `formats` and verifies them.
 
     Args:
         height, width: input size (multiples of 32); None: the training size.
-        num_verify: held-out test examples every format is compared on.
-        num_calibration: training images calibrating int8 quantisation.
+        num_verify: images every format is compared with Keras on (`inputs.verification_set`).
+        num_calibration: images calibrating int8 quantisation (`inputs.calibration_set`).
         data_dir: overrides the config's TFDS data directory.
+        images_dir: verify on this folder's images (no task metrics) instead of the dataset.
+        verify_source: "auto" (the test split when the dataset is available, else synthetic
+            scenes), "dataset", "synthetic" or "random" (seeded noise).
+        calibration_dir: calibrate int8 on this folder's images (else the training split when
+            available, else the synthetic scenes with a warning).
+        litert_switches: "arithmetic" (default) converts the LiteRT formats with the SegNet's
+            inference-only pooling switches built from XNNPACK ops (one delegated partition
+            for the network), "compare" with the training-time comparison ops.
         tolerance, max_degradation: verification rules (defaults in `verification`).
         overwrite: replace an existing `out_dir`.
 
@@ -53,36 +65,44 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
     from mtpsl_export import verification
 
     chosen = formats_lib.parse_formats(formats)
-    _check_request(out_dir, height, width, num_verify, num_calibration, overwrite)
+    _check_request(out_dir, height, width, num_verify, num_calibration, overwrite, verify_source)
+    if litert_switches not in SWITCH_CHOICES:
+        raise ValueError(f"--litert_switches={litert_switches!r}: expected one of {', '.join(SWITCH_CHOICES)}")
     tolerance = verification.TOLERANCE if tolerance is None else tolerance
     max_degradation = verification.MAX_DEGRADATION if max_degradation is None else max_degradation
 
-    from mtpsl_export import contract
-    from mtpsl_tf.training.restore import load_network
+    from mtpsl_export import contract, inputs
+    from mtpsl_tf.config import load_config
+    from mtpsl_tf.training.restore import find_checkpoint, load_network
 
+    find_checkpoint(model_dir, which)  # a clear error for a directory that is no model's
+    config = load_config(os.path.join(model_dir, "config.json"))
+    data_config = dataclasses.replace(config.data, **({"data_dir": data_dir} if data_dir else {}))
+    config = dataclasses.replace(config, data=data_config)
+    height, width = inputs.export_size(config, height, width)
+    contract.check_size(height, width)
     restored = load_network(model_dir, which=which, height=height, width=width)
-    contract.check_size(restored.height, restored.width)
     unsupported = restored.network.unsupported_export_formats  # models.backbone.Backbone
     refused = [f.name for f in chosen if f.name in unsupported]
     if refused:
         raise ValueError(f"--formats={','.join(refused)}: not supported for the "
                          f"{restored.config.model.backbone} backbone of {model_dir!r} "
                          f"({unsupported[refused[0]]}); choose among the other formats")
-    data_config = dataclasses.replace(restored.config.data, **({"data_dir": data_dir} if data_dir else {}))
     size = (restored.height, restored.width)
-    images, labels = held_out_examples(data_config, restored.tasks, size, num_verify)
-    calibration = training_images(data_config, size, num_calibration) if any(
-        f.precision == "int8" for f in chosen) else None
+    verify = inputs.verification_set(data_config, restored.tasks, size, num_verify, images_dir, verify_source)
+    calibration, calibration_source = inputs.calibration_set(data_config, size, num_calibration, calibration_dir) \
+        if any(f.precision == "int8" for f in chosen) else (None, None)
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     created = _make_parents(parent)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
-        files = _write_formats(restored, chosen, staging, calibration)
-        report = _verify(restored, chosen, files, staging, images, labels, tolerance, max_degradation)
+        files = _write_formats(restored, chosen, staging, calibration, litert_switches)
+        report = _verify(restored, chosen, files, staging, verify, tolerance, max_degradation)
         report.update(model_dir=os.path.abspath(model_dir), which=which, num_calibration=(
-            0 if calibration is None else len(calibration)), calibration_source="training split")
+            0 if calibration is None else len(calibration)), calibration_source=calibration_source,
+            litert_switches=litert_switches)
         failures = {name: f["problems"] for name, f in report["formats"].items() if f["problems"]}
         if failures:
             raise verification.VerificationError(_failure_message(failures), report)
@@ -115,8 +135,8 @@ def _umask() -> int:
     return mask
 
 
-def _check_request(out_dir, height, width, num_verify, num_calibration, overwrite) -> None:
-    from mtpsl_export import contract
+def _check_request(out_dir, height, width, num_verify, num_calibration, overwrite, verify_source) -> None:
+    from mtpsl_export import contract, inputs
 
     if (height is None) != (width is None):
         raise ValueError(f"give both --height and --width or neither (got height={height}, width={width})")
@@ -126,6 +146,8 @@ def _check_request(out_dir, height, width, num_verify, num_calibration, overwrit
         raise ValueError(f"--num_verify must be >= 1, got {num_verify}")
     if num_calibration < 1:
         raise ValueError(f"--num_calibration must be >= 1, got {num_calibration}")
+    if verify_source not in inputs.VERIFY_SOURCES:
+        raise ValueError(f"--verify_source={verify_source!r}: expected one of {', '.join(inputs.VERIFY_SOURCES)}")
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"--out={out_dir!r} already exists; choose another or pass --overwrite")
 
@@ -137,47 +159,12 @@ def _failure_message(failures: Dict[str, list]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- data
-def _resize(value: np.ndarray, size: Tuple[int, int], nearest: bool) -> np.ndarray:
-    import tensorflow as tf
-
-    if value.shape[1:3] == tuple(size):
-        return value
-    squeeze = value.ndim == 3
-    x = value[..., None] if squeeze else value
-    method = "nearest" if nearest else "bilinear"
-    out = tf.image.resize(x, size, method=method).numpy().astype(value.dtype)
-    return out[..., 0] if squeeze else out
-
-
-def held_out_examples(data_config, tasks: Sequence, size: Tuple[int, int], count: int):
-    """Up to `count` test examples at `size`: images `[K,H,W,3]`, labels {task: [K,H,W(,C)]}."""
-    from mtpsl_tf.data import pipeline
-
-    bundle = pipeline.load(dataclasses.replace(data_config, split_dir=""))
-    batches = list(pipeline.test_dataset(bundle, 8).unbatch().take(count).batch(count).as_numpy_iterator())
-    if not batches:
-        raise ValueError(f"dataset {data_config.dataset!r} has no test examples to verify on")
-    images = _resize(batches[0]["image"], size, nearest=False)
-    labels = {t.name: _resize(batches[0]["labels"][t.name], size, nearest=True) for t in tasks}
-    return images, labels
-
-
-def training_images(data_config, size: Tuple[int, int], count: int) -> np.ndarray:
-    """Up to `count` un-augmented training images `[K,H,W,3]` for int8 calibration."""
-    from mtpsl_tf.data import pipeline
-
-    plain = dataclasses.replace(data_config, split_dir="", augment=False)
-    bundle = pipeline.load(plain)
-    ds = pipeline.train_dataset(bundle, plain, seed=0, initial_epoch=0, epochs=1, batch_size=1)
-    images = np.concatenate([b["image"] for b in ds.take(count).as_numpy_iterator()])
-    return _resize(images, size, nearest=False)
-
-
 # ----------------------------------------------------------------------------- formats
-def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str]:
-    """Writes each format into `staging`; returns format name -> path."""
+def _write_formats(restored, chosen, staging: str, calibration, litert_switches: str) -> Dict[str, str]:
+    """Writes each format into `staging`; returns format name -> path. The LiteRT formats are
+    converted from a batch-1 SavedModel traced with `litert_switches` pooling switches."""
     from mtpsl_export import writers
+    from mtpsl_tf.models.layers import arithmetic_switches
 
     net, tasks, h, w = restored.network, restored.tasks, restored.height, restored.width
     files = {}
@@ -185,7 +172,9 @@ def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str
         if not fmt.tflite:
             files[fmt.name] = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, fmt.filename))
     if any(f.tflite for f in chosen):
-        scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1, uint8=False)
+        with arithmetic_switches(net) if litert_switches == "arithmetic" else contextlib.nullcontext():
+            scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1,
+                                                uint8=False)
         representative = None if calibration is None else writers.representative_from(calibration)
         for fmt in chosen:
             if fmt.tflite:
@@ -195,14 +184,17 @@ def _write_formats(restored, chosen, staging: str, calibration) -> Dict[str, str
     return files
 
 
-def _verify(restored, chosen, files, staging, images, labels, tolerance, max_degradation) -> dict:
+def _verify(restored, chosen, files, staging, verify, tolerance, max_degradation) -> dict:
+    """Runs every format on `verify` (an `inputs.InputSet`) and applies the rules; task
+    metrics (and the metric rules of reduced precisions) only when it has labels."""
     from mtpsl_export import runners, verification, writers
 
-    tasks = restored.tasks
+    tasks, images, labels = restored.tasks, verify.images, verify.labels
     keras_out = runners.KerasRunner(restored.network, tasks, restored.height, restored.width)(images)
-    keras_metrics = verification.evaluate(tasks, labels, keras_out)
+    keras_metrics = verification.evaluate(tasks, labels, keras_out) if labels is not None else {}
     report = {"checkpoint": restored.checkpoint, "input": {"height": restored.height, "width": restored.width},
-              "num_verify": int(len(images)), "verify_source": "test split (first examples)",
+              "num_verify": int(len(images)), "verify_source": verify.source,
+              "task_metrics": labels is not None,
               "rules": {"tolerance": tolerance, "max_degradation": max_degradation,
                         "collapse_ratio": verification.COLLAPSE_RATIO,
                         "collapse_min_std": verification.COLLAPSE_MIN_STD,
@@ -212,8 +204,8 @@ def _verify(restored, chosen, files, staging, images, labels, tolerance, max_deg
         runner = runners.load_runner(files[fmt.name])
         got = runner(images)
         comparison = verification.compare_outputs(keras_out, got, tasks, tolerance)
-        metrics = verification.evaluate(tasks, labels, got)
-        deltas = verification.primary_deltas(tasks, metrics, keras_metrics)
+        metrics = verification.evaluate(tasks, labels, got) if labels is not None else {}
+        deltas = verification.primary_deltas(tasks, metrics, keras_metrics) if labels is not None else {}
         found = verification.problems(fmt.precision, comparison, deltas, tolerance, max_degradation)
         entry = {"file": os.path.relpath(files[fmt.name], staging), "precision": fmt.precision,
                  "outputs": comparison, "metrics": metrics,
@@ -289,13 +281,24 @@ def define_flags(flag_values=None):
     flags.DEFINE_integer("height", None, "Input height (multiple of 32); default: the training size.", flag_values=fv)
     flags.DEFINE_integer("width", None, "Input width (multiple of 32); default: the training size.", flag_values=fv)
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to export.", flag_values=fv)
-    flags.DEFINE_integer("num_verify", 16, "Held-out test examples for verification.", flag_values=fv)
-    flags.DEFINE_integer("num_calibration", 32, "Training images calibrating int8.", flag_values=fv)
+    flags.DEFINE_integer("num_verify", 16, "Images every format is compared with Keras on.", flag_values=fv)
+    flags.DEFINE_integer("num_calibration", 32, "Images calibrating int8.", flag_values=fv)
+    flags.DEFINE_string("images", "", "Verify on the JPEG/PNG images of this folder (resized; no task "
+                        "metrics) instead of --verify_source.", flag_values=fv)
+    flags.DEFINE_enum("verify_source", "auto", ["auto", "dataset", "synthetic", "random"],
+                      "Verification inputs: auto = the test split when the dataset is available, else the "
+                      "embedded synthetic scenes; random = seeded noise.", flag_values=fv)
+    flags.DEFINE_string("calibration_images", "", "Calibrate int8 on the JPEG/PNG images of this folder "
+                        "(default: the training split when available, else synthetic scenes, with a warning).",
+                        flag_values=fv)
     flags.DEFINE_string("data_dir", "", "TFDS data directory (default: the one in the model's config).",
                         flag_values=fv)
     flags.DEFINE_float("tolerance", 1e-4, "Max |diff| of float32 formats vs Keras.", flag_values=fv)
     flags.DEFINE_float("max_degradation", 0.5, "Max relative primary-metric degradation of fp16/int8.",
                        flag_values=fv)
+    flags.DEFINE_enum("litert_switches", "arithmetic", list(SWITCH_CHOICES),
+                      "SegNet pooling switches of the LiteRT formats: arithmetic = inference-only ops XNNPACK "
+                      "delegates (same values), compare = the training-time comparison ops.", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.", flag_values=fv)
     flags.mark_flags_as_required(["model_dir", "out"], flag_values=fv)
 
@@ -317,7 +320,10 @@ def cli(f) -> int:
         report = export_model(f.model_dir, f.out, f.formats, f.height, f.width, which=f.which,
                               num_verify=f.num_verify, num_calibration=f.num_calibration,
                               data_dir=f.data_dir or None, tolerance=f.tolerance,
-                              max_degradation=f.max_degradation, overwrite=f.overwrite)
+                              max_degradation=f.max_degradation, overwrite=f.overwrite,
+                              images_dir=f.images or None, verify_source=f.verify_source,
+                              calibration_dir=f.calibration_images or None,
+                              litert_switches=f.litert_switches)
     except VerificationError as err:
         print(summary(err.report), file=sys.stderr)
         print(f"error: {err}\nnothing was written to {f.out!r}", file=sys.stderr)

@@ -53,7 +53,10 @@ def build(config, tasks: Sequence, height: int, width: int, checkpoint: str, rep
         "files": {name: f["file"] for name, f in formats.items()},
         "training_metrics": training_metrics,
         "verification": {
-            "examples": report["num_verify"], "keras_metrics": report["keras"]["metrics"],
+            "examples": report["num_verify"], "source": report["verify_source"],
+            "int8_calibration": (f"{report['num_calibration']} images: {report['calibration_source']}"
+                                 if report.get("calibration_source") else None),
+            "keras_metrics": report["keras"]["metrics"],
             "format_metrics": {name: f["metrics"] for name, f in formats.items()},
         },
     }
@@ -86,7 +89,14 @@ def markdown(card: Dict[str, object]) -> str:
         lines += ["", "## Training-time test metrics (metrics.json)", "", "```",
                   json.dumps(card["training_metrics"], indent=1), "```"]
     v = card["verification"]
+    lines += ["", "## Verification", "", f"- Every format compared with the Keras model on {v['examples']} "
+              f"images: {v['source']}"]
+    if v["int8_calibration"]:
+        lines.append(f"- int8 calibrated on {v['int8_calibration']}")
     keys = list(v["keras_metrics"])
+    if not keys:
+        lines.append("- No task metrics: the dataset was not available to the export")
+        return "\n".join(lines) + "\n"
     lines += ["", f"## Metrics on the {v['examples']} verification examples", "",
               "| metric | keras | " + " | ".join(v["format_metrics"]) + " |",
               "| --- " * (len(v["format_metrics"]) + 2) + "|"]

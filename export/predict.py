@@ -1,11 +1,16 @@
 """Run an exported model on image files and save side-by-side pictures of its predictions.
 
-    python export/predict.py --model=exports/x/model_int8.tflite --images=a.png,b.jpg --out=preds
+    python export/predict.py --model=exports/x/model_int8.tflite --images=photos/ --out=preds [--raw]
+    python export/predict.py --model=exports/x/saved_model --images=a.png,b.jpg --out=preds
 
-Each image is resized (bilinear) to the model's input size; `<out>/<image stem>.png` shows the
-input, then each task's colourised prediction (segmentation, depth, normals, ...) left to
-right, using the tasks' own `visualise`. The tasks are read from the `config.json` that
-`export.py` writes next to the model.
+`--images`: comma-separated image files and/or folders (a folder stands for its JPEG/PNG
+files, sorted). Each image is resized (bilinear) to the model's input size;
+`<out>/<image stem>.png` shows the input, then each task's colourised prediction
+(segmentation, depth, normals, ...) left to right, using the tasks' own `visualise`. With
+`--raw`, also `<out>/<image stem>.<output name>.npy` per exported output (batch axis
+dropped, e.g. `semantic_label` int32 `[H, W]`). Every file is written under a temporary
+name and renamed. The tasks are read from the `config.json` that `export.py` writes next to
+the model.
 """
 
 from __future__ import annotations
@@ -38,16 +43,19 @@ def tasks_of(export_dir: str) -> list:
 
 def read_image(path: str, size) -> np.ndarray:
     """`path` -> float32 `[H, W, 3]` in [0, 1], RGB, resized (bilinear) to `size` = (H, W)."""
-    from PIL import Image, UnidentifiedImageError
+    from mtpsl_export.inputs import read_image as read
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no image file {path!r}")
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(image, np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise ValueError(f"{path!r} is not an image file PIL can read") from None
+    return read(path, size)
+
+
+def expand_images(entries: Sequence[str]) -> List[str]:
+    """Image files and folders (-> their sorted JPEG/PNG files) -> image paths."""
+    from mtpsl_export.inputs import list_images
+
+    paths = []
+    for entry in entries:
+        paths += list_images(entry, "--images") if os.path.isdir(entry) else [entry]
+    return paths
 
 
 def panels(image: np.ndarray, outputs: dict, tasks: Sequence) -> np.ndarray:
@@ -66,23 +74,39 @@ def panels(image: np.ndarray, outputs: dict, tasks: Sequence) -> np.ndarray:
     return np.concatenate(row, axis=1)
 
 
-def _unique_name(out_dir: str, path: str, used: set) -> str:
+def _unique_stem(path: str, used: set) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     name, n = stem, 1
     while name in used:
         n += 1
         name = f"{stem}_{n}"
     used.add(name)
-    return os.path.join(out_dir, name + ".png")
+    return name
+
+
+def _save_png(picture: np.ndarray, target: str) -> None:
+    """`[H, W, 3]` float in [0, 1] -> `target` PNG, via a temporary name."""
+    from PIL import Image
+
+    partial = target + ".partial"
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(partial, format="PNG")
+    os.replace(partial, target)
+
+
+def _save_npy(value: np.ndarray, target: str) -> None:
+    partial = target + ".partial"
+    with open(partial, "wb") as f:
+        np.save(f, value)
+    os.replace(partial, target)
 
 
 def predict(model_path: str, image_paths: Sequence[str], out_dir: str,
-            num_threads: Optional[int] = None) -> List[str]:
-    """Writes one PNG per image into `out_dir` (created); returns their paths."""
-    from PIL import Image
-
+            num_threads: Optional[int] = None, raw: bool = False) -> List[str]:
+    """Writes one PNG per image into `out_dir` (created) and, with `raw`, one `.npy` per
+    image and output; `image_paths` may name folders. Returns the PNG paths."""
     from mtpsl_export.runners import load_runner
 
+    image_paths = expand_images(image_paths)
     if not image_paths:
         raise ValueError("no --images given")
     tasks = tasks_of(export_dir_of(model_path))
@@ -91,10 +115,12 @@ def predict(model_path: str, image_paths: Sequence[str], out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     written, used = [], set()
     for path, image in zip(image_paths, images):
-        picture = panels(image, runner(image[None]), tasks)
-        target = _unique_name(out_dir, path, used)
-        Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(target)
-        written.append(target)
+        outputs = runner(image[None])
+        stem = os.path.join(out_dir, _unique_stem(path, used))
+        _save_png(panels(image, outputs, tasks), stem + ".png")
+        for name, value in outputs.items() if raw else ():
+            _save_npy(np.asarray(value)[0], f"{stem}.{name}.npy")
+        written.append(stem + ".png")
     return written
 
 
@@ -102,7 +128,8 @@ def define_flags():
     from absl import flags
 
     flags.DEFINE_string("model", None, "Exported model: a .tflite file or the saved_model directory.")
-    flags.DEFINE_list("images", None, "Comma-separated image files.")
+    flags.DEFINE_list("images", None, "Comma-separated image files and/or folders (their JPEG/PNG files).")
+    flags.DEFINE_boolean("raw", False, "Also write each output as <out>/<image stem>.<output>.npy.")
     flags.DEFINE_string("out", None, "Folder for the PNGs.")
     flags.DEFINE_integer("num_threads", None, "LiteRT interpreter threads (default: LiteRT's).")
     flags.mark_flags_as_required(["model", "images", "out"])
@@ -115,7 +142,7 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     try:
-        written = predict(f.model, f.images, f.out, f.num_threads)
+        written = predict(f.model, f.images, f.out, f.num_threads, raw=f.raw)
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

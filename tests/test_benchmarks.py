@@ -29,3 +29,13 @@ def test_train_step_benchmark():
                   "--noxla", "--filters=4,4,8,8,8", "--height=32", "--width=32", "--batch_size=2",
                   "--warmup=1", "--steps=1")
     assert report["step_s"] > 0 and report["conv_gflop_per_step"] > 0
+
+
+def test_inference_benchmark_rows_per_format_and_switches():
+    report = _run("inference.py", "--setups=nyuv2:32x64", "--filters=4,4,8,8,8", "--formats=keras,tflite",
+                  "--litert_switches=arithmetic,compare", "--warmup=0", "--runs=1")
+    rows = [(r["format"], r["switches"]) for r in report["results"]]
+    assert rows == [("keras", None), ("tflite", "arithmetic"), ("tflite", "compare")]
+    partitions = {r["switches"]: r["xnnpack_nodes"] for r in report["results"] if r["format"] == "tflite"}
+    assert 1 <= partitions["arithmetic"] <= 2 < partitions["compare"]
+    assert all(r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in report["results"])

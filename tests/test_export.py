@@ -103,6 +103,15 @@ def test_every_format_is_written_with_report_and_model_card(exported):
     assert "semantic/miou" in markdown and "`semantic_label` | int32" in markdown
 
 
+def test_export_with_a_prepared_dataset_reports_metrics_and_calibration(exported):
+    report = _report(exported)
+    assert report["task_metrics"] and report["verify_source"] == "synthetic test split (first examples)"
+    assert report["calibration_source"] == "synthetic training split" and report["num_calibration"] == 8
+    assert report["litert_switches"] == "arithmetic"
+    assert report["formats"]["tflite"]["xnnpack_delegated_nodes"] <= 2
+    assert "int8 calibrated on 8 images: synthetic training split" in (exported / "model_card.md").read_text()
+
+
 def test_float32_formats_match_keras_within_1e4(exported):
     report = _report(exported)
     for name in ("saved_model", "tflite"):
@@ -309,6 +318,41 @@ def test_predict_cli(exported, tmp_path):
                                     f"--out={tmp_path / 'pred'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "pred")) == ["a.png", "b.png"]
+
+
+def test_predict_on_a_folder_with_every_format_and_raw_outputs(exported, tmp_path):
+    from mtpsl_export.predict import predict
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _write_images(folder)
+    (folder / "notes.txt").write_text("skipped: not a JPEG/PNG")
+    for model in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "saved_model"):
+        out = tmp_path / model
+        written = predict(str(exported / model), [str(folder)], str(out), raw=True)
+        assert [os.path.basename(p) for p in written] == ["a.png", "b.png"]
+        assert sorted(os.listdir(out)) == sorted(f"{stem}{suffix}" for stem in "ab" for suffix in (
+            ".png", ".semantic_probs.npy", ".semantic_label.npy", ".depth.npy", ".normal.npy"))
+        label = np.load(out / "a.semantic_label.npy")
+        assert label.shape == (32, 64) and label.dtype == np.int32
+        assert np.load(out / "b.depth.npy").shape == (32, 64, 1)
+        assert np.load(out / "b.semantic_probs.npy").shape == (32, 64, 13)
+
+
+def test_predict_cli_on_a_folder(exported, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _write_images(folder)
+    result = _script("predict.py", [f"--model={exported / 'model_int8.tflite'}", f"--images={folder}",
+                                    f"--out={tmp_path / 'pred'}", "--raw"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"a.png", "b.png", "a.normal.npy"} <= set(os.listdir(tmp_path / "pred"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _script("predict.py", [f"--model={exported / 'model_int8.tflite'}", f"--images={empty}",
+                                    f"--out={tmp_path / 'none'}"], tmp_path)
+    assert result.returncode == 2 and "--images=" in result.stderr and "no JPG/JPEG/PNG images" in result.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_predict_rejects_bad_inputs(exported, tmp_path):

@@ -1,13 +1,15 @@
 """Layers: first-maximum pooling/unpooling (PyTorch semantics), PyTorch BatchNorm, configs,
 XLA compilation and TFLite conversion with builtin ops only."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mtpsl_tf.models.heads import TaskHead
-from mtpsl_tf.models.layers import ArgMaxPool2D, BatchNorm, ConvBNReLU, MaxUnpool2D
+from mtpsl_tf.models.layers import ArgMaxPool2D, BatchNorm, ConvBNReLU, MaxUnpool2D, arithmetic_switches
 from mtpsl_tf.models.segnet import SegNet
 
 TINY_FILTERS = [4, 4, 8, 8, 8]
@@ -132,6 +134,67 @@ def test_tiny_segnet_converts_to_builtin_tflite_and_matches():
     # Outputs are matched by shape (all four differ); concrete-function models carry no names.
     got = {tuple(d["shape"]): interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
     assert sorted(got) == sorted(v.shape for v in expected.values())
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[value.shape], value, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_arithmetic_switches_equal_compare_switches_with_ties(seed):
+    """The inference-only switches are the same first-maximum one-hots, ties included, also
+    for differences of one ulp and subnormal values."""
+    x = tied_input(seed)
+    x[0, 0, 0, 0], x[0, 0, 1, 0] = 1.0, np.nextafter(np.float32(1.0), np.float32(2.0))  # one ulp apart
+    x[1, 0, 0, 0], x[1, 1, 1, 0] = np.float32(1e-45), np.float32(2e-45)  # subnormals
+    x[1, 0, 0, 1] = x[1, 0, 1, 1] = x[1, 1, 0, 1] = x[1, 1, 1, 1] = 0.0  # an all-zero window
+    pooled_ref, switches_ref = ArgMaxPool2D()(tf.constant(x))
+    pooled, switches = ArgMaxPool2D(switch_ops="arithmetic")(tf.constant(x))
+    np.testing.assert_array_equal(pooled.numpy(), pooled_ref.numpy())
+    np.testing.assert_array_equal(switches.numpy(), switches_ref.numpy())
+    np.testing.assert_array_equal(MaxUnpool2D()([pooled, switches]).numpy(), numpy_first_max_unpool(x)[1])
+
+
+def test_arithmetic_switches_context_selects_and_restores():
+    model = SegNet(TINY_HEADS, filters=TINY_FILTERS)
+    with arithmetic_switches(model) as count:
+        assert count == 5 and {p.switch_ops for p in model.pools} == {"arithmetic"}
+    assert {p.switch_ops for p in model.pools} == {"compare"}
+    with pytest.raises(ValueError, match="switch_ops"):
+        ArgMaxPool2D(switch_ops="argmax")
+
+
+def _litert(model, images, arithmetic):
+    from ai_edge_litert.interpreter import Interpreter
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 32, 64, 3], tf.float32, name="image")])
+    def serve(image):
+        return model(image, training=False)
+
+    with arithmetic_switches(model) if arithmetic else contextlib.nullcontext():
+        concrete = serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    partitions = sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    return {tuple(d["shape"]): interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}, \
+        partitions, ops
+
+
+def test_arithmetic_switches_make_the_segnet_one_xnnpack_partition():
+    keras.utils.set_random_seed(0)
+    model = SegNet(TINY_HEADS, filters=TINY_FILTERS)
+    images = np.random.default_rng(7).uniform(size=(1, 32, 64, 3)).astype(np.float32)
+    expected = {k: v.numpy() for k, v in model(images, training=False).items()}
+    got, partitions, ops = _litert(model, images, arithmetic=True)
+    _, compare_partitions, compare_ops = _litert(model, images, arithmetic=False)
+    # Network outputs (log-probabilities, depth, normals, feature): outside XNNPACK remain
+    # only the heads' LOG_SOFTMAX and the normals' L2 normalisation (SUM, RSQRT).
+    assert partitions <= 2 < compare_partitions
+    assert not ops & {"EQUAL", "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT", "CAST"}
+    assert "EQUAL" in compare_ops
     for key, value in expected.items():
         np.testing.assert_allclose(got[value.shape], value, atol=1e-4, err_msg=key)
 

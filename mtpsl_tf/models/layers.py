@@ -3,6 +3,8 @@ argmax max-pooling and max-unpooling written with TFLite builtin ops only."""
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -127,6 +129,32 @@ def _window_switches(x):
     return parts, masks
 
 
+def _arithmetic_window_switches(x):
+    """(pooled, first-max one-hot masks) of 2x2 windows from arithmetic ops only.
+
+    x: [B, H, W, C] with even H, W, finite. Returns pooled `[B, H/2, W/2, C]` (MAX_POOL_2D)
+    and 4 masks `[B, H/2, W/2, C]` in space_to_depth order, equal to `_window_switches`'
+    (first maximum, ties included): d_k = max - x_k >= 0 is exactly 0 at a maximum, and
+    min(ceil(d_k), 1) is exactly 0 there and 1 elsewhere (any d_k > 0, subnormals included,
+    has ceil 1). Built from MAX_POOL_2D, SPACE_TO_DEPTH, SPLIT, SUB, CEIL, MINIMUM, MUL, ADD:
+    ops the XNNPACK delegate runs, unlike EQUAL / LOGICAL_* / CAST of booleans. The pooled
+    value's gradient is max_pool's (to every tied maximum): for inference and export only.
+    """
+    pooled = tf.nn.max_pool2d(x, 2, 2, "VALID")
+    parts = tf.split(tf.nn.space_to_depth(x, 2), 4, axis=-1)
+    one = tf.constant(1.0, x.dtype)
+    masks, taken = [], None
+    for part in parts:
+        hit = one - tf.minimum(tf.math.ceil(pooled - part), one)
+        mask = hit if taken is None else hit * (one - taken)
+        taken = mask if taken is None else taken + mask
+        masks.append(mask)
+    return pooled, masks
+
+
+SWITCH_OPS = ("compare", "arithmetic")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ArgMaxPool2D(keras.layers.Layer):
     """2x2/2 max-pool that also returns the switches MaxUnpool2D needs.
@@ -135,14 +163,49 @@ class ArgMaxPool2D(keras.layers.Layer):
     (first-maximum) window positions in space_to_depth order. The pooled value is
     selected by the switch, so its gradient flows to the first maximum only, as in
     PyTorch. Builtin TFLite ops only; compiles under XLA.
+
+    Args:
+        switch_ops: "compare" (training and default: comparisons and logical ops) or
+            "arithmetic" (inference-only: the same values from ops the XNNPACK delegate
+            supports, see `_arithmetic_window_switches`; the exporter selects it for LiteRT
+            with `arithmetic_switches`).
     """
+
+    def __init__(self, switch_ops: str = "compare", **kwargs):
+        super().__init__(**kwargs)
+        if switch_ops not in SWITCH_OPS:
+            raise ValueError(f"switch_ops must be one of {SWITCH_OPS}, got {switch_ops!r}")
+        self.switch_ops = switch_ops
 
     def call(self, x):
         if x.shape[1] is not None and (x.shape[1] % 2 or x.shape[2] % 2):
             raise ValueError(f"ArgMaxPool2D needs even height and width, got {x.shape}")
+        if self.switch_ops == "arithmetic":
+            pooled, masks = _arithmetic_window_switches(x)
+            return pooled, tf.concat(masks, axis=-1)
         parts, masks = _window_switches(x)
         pooled = tf.add_n([p * m for p, m in zip(parts, masks)])
         return pooled, tf.concat(masks, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(switch_ops=self.switch_ops)
+        return config
+
+
+@contextlib.contextmanager
+def arithmetic_switches(network: keras.layers.Layer):
+    """Within the block, every ArgMaxPool2D of `network` computes its switches with
+    arithmetic ops (trace the network inside it); restored afterwards."""
+    pools = [layer for layer in network._flatten_layers(include_self=True) if isinstance(layer, ArgMaxPool2D)]
+    before = [p.switch_ops for p in pools]
+    for pool in pools:
+        pool.switch_ops = "arithmetic"
+    try:
+        yield len(pools)
+    finally:
+        for pool, ops in zip(pools, before):
+            pool.switch_ops = ops
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

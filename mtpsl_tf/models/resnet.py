@@ -110,10 +110,18 @@ class TorchConv2D(keras.layers.Conv2D):
         return config
 
 
-def max_pool_3x3_s2_p1(x):
-    """`nn.MaxPool2d(3, stride=2, padding=1)`: padding never wins the max (PyTorch pads -inf)."""
-    lowest = x.dtype.min
-    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=lowest)
+def max_pool_3x3_s2_p1(x, nonnegative: bool = False):
+    """`nn.MaxPool2d(3, stride=2, padding=1)`: padding never wins the max (PyTorch pads -inf).
+
+    x: `[B, H, W, C]` -> `[B, ceil(H/2), ceil(W/2), C]`. With `nonnegative` (x >= 0, e.g. a
+    ReLU output) the padding is 0, which gives the same values (every window holds a real
+    element >= 0) and the same gradient (a ReLU passes none at 0), and keeps int8 LiteRT
+    working: padding with the dtype's lowest value (-3.4e38) makes the int8 converter give the
+    pooled tensor a scale of ~1e36, and the residual ADD after it aborts LiteRT
+    (QuantizeMultiplierSmallerThanOne in ADD's Prepare).
+    """
+    pad_value = 0.0 if nonnegative else x.dtype.min
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=pad_value)
     return tf.nn.max_pool2d(x, ksize=3, strides=2, padding="VALID")
 
 
@@ -212,7 +220,7 @@ class DilatedResNet18(keras.layers.Layer):
         std = tf.constant(IMAGENET_STD, tf.float32)
         x = (tf.cast(images, tf.float32) - mean) / std  # torchvision.transforms.Normalize
         x = tf.nn.relu(self.bn1(self.conv1(x), training=training))
-        x = max_pool_3x3_s2_p1(x)
+        x = max_pool_3x3_s2_p1(x, nonnegative=True)  # after the ReLU
         for block in self.blocks:
             x = block(x, training=training)
         return x
@@ -246,10 +254,6 @@ class ResNetASPP(Backbone):
     # XLA's CPU convolutions are slow with dilation (measured: a 512x512 training step 2.6x
     # slower than without XLA); the trainer warns when --xla is set on a CPU-only machine.
     slow_under_xla_on_cpu = True
-    # Export format -> why not (mtpsl_export refuses these before writing anything).
-    unsupported_export_formats = {
-        "tflite_int8": "LiteRT aborts the process running the int8 graph (XNNPACK cannot prepare "
-                       "it and the builtin kernels abort), measured with ai-edge-litert here"}
 
     def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int] | None = None,
                  aspp_channels: int = ASPP_CHANNELS, atrous_rates: Sequence[int] = ATROUS_RATES,
