@@ -40,6 +40,9 @@ class MultiTaskModel(keras.Model):
         self.steps_per_epoch = steps_per_epoch
         self.task_metrics = {t.name: t.make_metric() for t in self.tasks}
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in method.loss_names()}
+        # A weighting whose weights change logs them each step ("weight/<task>": the weights
+        # this step applied; in the epoch logs and history.json, the last step's).
+        self.log_weights = not method.weighting.constant_weights
         self.group_optimizers: Dict[str, keras.optimizers.Optimizer] = {}
 
     def call(self, images, training=False):
@@ -64,6 +67,8 @@ class MultiTaskModel(keras.Model):
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
         grads, terms, total = self.compute_gradients(batch)
+        # Read before the update: the weights this step used.
+        applied = self.method.weighting.weights() if self.log_weights else {}
         start = 0
         for name in groups:
             count = len(groups[name])
@@ -78,7 +83,9 @@ class MultiTaskModel(keras.Model):
         # the global mean, so report the replica-summed value.
         for name, value in losses.items():
             self.loss_trackers[name].update_state(replica_sum(value))
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs.update({f"weight/{name}": tf.identity(value) for name, value in applied.items()})
+        return logs
 
     def compute_gradients(self, batch):
         """(gradients aligned with the variable groups' variables in group order, the step's
@@ -112,7 +119,14 @@ class MultiTaskModel(keras.Model):
         for name, loss in scaled_tasks.items():
             g = tape.gradient(loss, variables)
             task_grads[name] = [tf.zeros_like(v) if x is None else x for x, v in zip(g, variables)]
-        combined = self.method.weighting.combine_gradients(task_grads, terms.tasks, terms.present)
+        weighting = self.method.weighting
+        combined = weighting.combine_gradients(task_grads, terms.tasks, terms.present)
+        own = weighting.variable_gradients(task_grads, terms.tasks, terms.present)
+        if own is not None:  # the weighting's variables follow a loss of their own (GradNorm)
+            where = {id(v): i for i, v in enumerate(flat)}
+            grads = list(grads)
+            for v, g in zip(weighting.trainable_variables(), own):
+                grads[where[id(v)]] = g
         extra_grads = [None] * len(variables) if scaled_extra is None else tape.gradient(scaled_extra, variables)
         grads = list(grads)
         for i, c, e in zip(positions, combined, extra_grads):

@@ -194,6 +194,9 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, model_dir, writer, image_batch)
     callbacks = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch", write_graph=False),
                  callbacks_lib.WeightingEpochEnd(model.method.weighting), epoch_end]
+    if model.log_weights:
+        step_writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "steps"))
+        callbacks.append(callbacks_lib.WeightSummaries(step_writer, steps))
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
                                           epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views)
