@@ -140,8 +140,8 @@ def test_gradnorm_matches_chen_for_three_steps():
         np.testing.assert_allclose(flat(combined), weights @ (G * scale), rtol=1e-5)
         assert float(w.combine(L, flags([1, 1, 1]))) == pytest.approx(np.dot(weights, losses), rel=1e-6)
         initial = np.array(losses) if initial is None else initial
-        (got,) = w.variable_gradients(grads, L, flags([1, 1, 1]))
-        # The last shared layer is the 4-D kernel: the first 4 entries of each row.
+        (got,) = w.variable_gradients(grads, L, flags([1, 1, 1]), 0)
+        # The last shared layer (index 0): the 4-D kernel, the first 4 entries of each row.
         expected = _gradnorm_grad(weights, (G * scale)[:, :4], losses, initial, 1.5, [1, 1, 1])
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
         weights = weights - lr * expected
@@ -155,12 +155,12 @@ def test_gradnorm_absent_task_is_left_out():
     w = make("gradnorm")
     g = G.copy()
     g[1] = 0.0
-    (got,) = w.variable_gradients(grads_of(g), named([1.0, 0.0, 0.5]), flags([1, 0, 1]))
+    (got,) = w.variable_gradients(grads_of(g), named([1.0, 0.0, 0.5]), flags([1, 0, 1]), 0)
     assert got.numpy()[1] == 0.0 and np.isfinite(got.numpy()).all()
     np.testing.assert_allclose(got.numpy(), _gradnorm_grad(np.ones(3), g[:, :4], [1.0, 1.0, 0.5],
                                                            [1.0, 1.0, 0.5], 1.5, [1, 0, 1]), atol=1e-5)
     # The absent task's initial loss is taken at its first present step, not from the 0.
-    w.variable_gradients(grads_of(G), named([1.0, 2.0, 0.5]), flags([1, 1, 1]))
+    w.variable_gradients(grads_of(G), named([1.0, 2.0, 0.5]), flags([1, 1, 1]), 0)
     np.testing.assert_allclose(w.initial.numpy(), [1.0, 2.0, 0.5])
 
 

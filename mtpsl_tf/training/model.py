@@ -121,7 +121,8 @@ class MultiTaskModel(keras.Model):
             task_grads[name] = [tf.zeros_like(v) if x is None else x for x, v in zip(g, variables)]
         weighting = self.method.weighting
         combined = weighting.combine_gradients(task_grads, terms.tasks, terms.present)
-        own = weighting.variable_gradients(task_grads, terms.tasks, terms.present)
+        last = [id(v) for v in variables].index(id(self.network.last_shared_kernel()))
+        own = weighting.variable_gradients(task_grads, terms.tasks, terms.present, last)
         if own is not None:  # the weighting's variables follow a loss of their own (GradNorm)
             where = {id(v): i for i, v in enumerate(flat)}
             grads = list(grads)

@@ -106,11 +106,13 @@ class LossWeighting:
         raise NotImplementedError
 
     def variable_gradients(self, task_gradients: Mapping[str, Sequence[tf.Tensor]],
-                           losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor]):
+                           losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor],
+                           last_shared: int):
         """SHARED_PARAMETERS weightings whose variables follow a loss of their own (GradNorm):
         the gradients of `trainable_variables()` (same order) that replace the tape's
         gradient of the total, computed from the same (possibly loss-scaled) task gradients;
-        None keeps the tape's. Called after `combine_gradients`."""
+        None keeps the tape's. `last_shared` is the index, in the task-gradient lists, of the
+        backbone's `last_shared_kernel()`. Called after `combine_gradients`."""
         return None
 
     def after_update(self) -> None:

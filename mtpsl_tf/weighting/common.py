@@ -48,7 +48,7 @@ def stacked_gradients(task_gradients: Mapping[str, Sequence[tf.Tensor]], names: 
 
 def unflatten(vector: tf.Tensor, like: Sequence[tf.Tensor]) -> List[tf.Tensor]:
     """`vector` `[P]` split and reshaped like the tensors of `like` (dtypes of `like`)."""
-    sizes = [int(tf.size(t)) if t.shape.is_fully_defined() else tf.size(t) for t in like]
+    sizes = [t.shape.num_elements() if t.shape.is_fully_defined() else tf.size(t) for t in like]
     parts = tf.split(vector, sizes)
     return [tf.cast(tf.reshape(p, tf.shape(t)), t.dtype) for p, t in zip(parts, like)]
 

@@ -8,8 +8,8 @@ the weights follow grad_w L_grad (main Adam, with the network), then w <- K w / 
 the network follows sum_t w_t L_t (w held constant). alpha = `--gradnorm_alpha` (1.5). As
 the reference VICO-UoE/UniversalRepresentations `DensePred/nyu_mtl_baseline.py`
 (`--weight=gradnorm`): W is the last shared convolution's kernel (there
-`backbone.layer4[-1].conv3.weight`; here the last 4-D shared variable, the last conv of the
-shared SegNet decoder / of ResNet's layer4), L_t(0) are the losses of the first step, the
+`backbone.layer4[-1].conv3.weight`; here the backbone's `last_shared_kernel()`: the last
+conv of SegNet's shared decoder, of ResNet's layer4), L_t(0) are the losses of the first step, the
 weights share the network's optimiser and are renormalised after each update.
 
 Partial labels: L_t(0) is the task's loss at the first step it is present (kept per task,
@@ -37,15 +37,6 @@ class Options:
         if not self.gradnorm_alpha >= 0:
             raise ValueError(f"--gradnorm_alpha must be >= 0, got {self.gradnorm_alpha}")
 
-
-def last_layer_index(gradients) -> int:
-    """Index of the last shared convolution kernel (4-D) in a shared-variable list (else the
-    last variable with 2 or more dimensions)."""
-    for rank in (4, 2, 1):
-        found = [i for i, g in enumerate(gradients) if g.shape.rank is not None and g.shape.rank >= rank]
-        if found:
-            return found[-1]
-    raise ValueError("gradnorm: the network has no shared variable")
 
 
 @WEIGHTINGS.register("gradnorm")
@@ -79,7 +70,7 @@ class GradNorm(LossWeighting):
             out.append(tf.add_n([tf.cast(w[i], g.dtype) * g for i, g in enumerate(parts)]))
         return out
 
-    def variable_gradients(self, task_gradients, losses, present):
+    def variable_gradients(self, task_gradients, losses, present, last_shared):
         mask = present_vector(present, self.task_names)
         loss = global_sum(task_vector(losses, self.task_names))
         # L_t(0): the first loss of each task seen present (this step's for a new task).
@@ -87,8 +78,7 @@ class GradNorm(LossWeighting):
         initial = self.initial + new * (loss - self.initial)
         self.initial.assign(initial)
         self.started.assign(tf.maximum(self.started, mask))
-        index = last_layer_index(task_gradients[self.task_names[0]])
-        g = tf.stack([tf.reshape(tf.cast(task_gradients[n][index], tf.float32), [-1]) for n in self.task_names])
+        g = tf.stack([tf.reshape(tf.cast(task_gradients[n][last_shared], tf.float32), [-1]) for n in self.task_names])
         g = global_sum(g)
         raw = tf.norm(g, axis=1)  # ||grad_W L_t||, [T]
         w = tf.cast(self.task_weights, tf.float32)
