@@ -326,5 +326,22 @@ def test_famo_absent_task_gets_no_weight_and_no_feedback():
     np.testing.assert_allclose(d, (np.diag(z) - np.outer(z, z)) @ delta, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "famo"])
+def test_weighting_step_compiles_under_xla(name):
+    w = make(name)
+
+    @tf.function(jit_compile=True)
+    def step(losses, present, grads):
+        out = [w.combine(losses, present)]
+        if w.gradient_source == "shared_parameters":
+            out += w.combine_gradients(grads, losses, present)
+            own = w.variable_gradients(grads, losses, present, 0)
+            out += [] if own is None else own
+        return out
+
+    out = step(named([1.0, 0.5, 0.0]), flags([1, 1, 0]), grads_of(G * [[1], [1], [0]]))
+    assert all(np.isfinite(o.numpy()).all() for o in out)
+
+
 def test_every_weighting_is_registered():
     assert {"fixed", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "famo"} <= set(WEIGHTINGS.names())

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from mtpsl_tf.options import option
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
-from mtpsl_tf.weighting.common import EPS, local_combination, present_vector, stacked_gradients
+from mtpsl_tf.weighting.common import EPS, SAME, local_combination, present_vector, stacked_gradients
 
 ITERATIONS = 3000  # measured: weights within 1e-4 of scipy SLSQP on the tests' problems
 
@@ -79,7 +79,7 @@ class CAGrad(LossWeighting):
 
     def build(self):
         self.current = tf.Variable(tf.ones([len(self.task_names)]) / len(self.task_names),
-                                   trainable=False, name="cagrad_weights")
+                                   trainable=False, name="cagrad_weights", aggregation=SAME)
 
     def combine(self, losses, present):
         del present

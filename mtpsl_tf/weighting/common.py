@@ -14,6 +14,9 @@ from typing import List, Mapping, Sequence
 import tensorflow as tf
 
 EPS = 1e-12  # guards divisions by norms and losses that may be exactly 0
+# Aggregation of state variables assigned inside the training step: every replica computes the
+# same (global) value, so the first replica's assignment is the one kept.
+SAME = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 def replicas() -> int:

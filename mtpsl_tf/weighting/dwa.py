@@ -12,7 +12,8 @@ checkpointed (`state()`), so resume is exact.
 Partial labels: the epoch means come from the training trackers (each step's loss is the
 sum over the images labelled for the task divided by the batch size), i.e. each task's mean
 over the images labelled for it times the fraction of the epoch's images labelled for it;
-that fraction is the same every epoch (the label masks are fixed), so it cancels in r_t.
+that fraction is the same every epoch (the label masks are fixed; up to the images a
+dropped partial batch leaves out), so it cancels in r_t.
 A task with no labelled image in one of the two epochs (mean exactly 0) has no ratio: it
 is left out of the softmax (K counts only the tasks with a ratio) and keeps weight 1, so no
 weight is pulled towards it and nothing divides by 0.

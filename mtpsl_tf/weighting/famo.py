@@ -16,6 +16,7 @@ gradient d with respect to xi (the network gets none of it).
 Partial labels: v is normalised over the tasks present in the global batch (an absent
 task's L_t = 0 would dominate z_t / L_t); delta_t is 0 unless task t is present in both
 steps, so xi is not pulled by a task without signal. The previous losses are checkpointed.
+`combine` records the step's losses, so the training step calls it once per step.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tensorflow as tf
 from mtpsl_tf.optim.optimizers import AdamL2
 from mtpsl_tf.options import option
 from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting
-from mtpsl_tf.weighting.common import global_sum, present_vector, replicas, task_vector
+from mtpsl_tf.weighting.common import SAME, global_sum, present_vector, replicas, task_vector
 
 EPSILON = 1e-8  # LibMTL's
 
@@ -54,9 +55,10 @@ class FAMO(LossWeighting):
     def build(self):
         count = len(self.task_names)
         self.logits = tf.Variable(tf.zeros([count]), trainable=True, name="famo_logits")
-        self.previous = tf.Variable(tf.zeros([count]), trainable=False, name="famo_previous_losses")
-        self.previous_present = tf.Variable(tf.zeros([count]), trainable=False, name="famo_previous_present")
-        self.current = tf.Variable(tf.ones([count]) / count, trainable=False, name="famo_weights")
+        state = dict(trainable=False, aggregation=SAME)
+        self.previous = tf.Variable(tf.zeros([count]), name="famo_previous_losses", **state)
+        self.previous_present = tf.Variable(tf.zeros([count]), name="famo_previous_present", **state)
+        self.current = tf.Variable(tf.ones([count]) / count, name="famo_weights", **state)
 
     def trainable_variables(self):
         return [self.logits]

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from mtpsl_tf.options import option
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting
-from mtpsl_tf.weighting.common import EPS, global_sum, present_vector, replicas, task_vector
+from mtpsl_tf.weighting.common import EPS, SAME, global_sum, present_vector, replicas, task_vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +48,10 @@ class GradNorm(LossWeighting):
 
     def build(self):
         count = len(self.task_names)
-        self.task_weights = tf.Variable(tf.ones([count]), trainable=True, name="gradnorm_weights")
-        self.initial = tf.Variable(tf.zeros([count]), trainable=False, name="gradnorm_initial_losses")
-        self.started = tf.Variable(tf.zeros([count]), trainable=False, name="gradnorm_started")
+        self.task_weights = tf.Variable(tf.ones([count]), trainable=True, name="gradnorm_weights", aggregation=SAME)
+        state = dict(trainable=False, aggregation=SAME)
+        self.initial = tf.Variable(tf.zeros([count]), name="gradnorm_initial_losses", **state)
+        self.started = tf.Variable(tf.zeros([count]), name="gradnorm_started", **state)
 
     def trainable_variables(self):
         return [self.task_weights]

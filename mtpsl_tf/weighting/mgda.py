@@ -25,7 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
-from mtpsl_tf.weighting.common import (EPS, global_sum, local_combination, min_norm_weights, present_vector,
+from mtpsl_tf.weighting.common import (EPS, SAME, global_sum, local_combination, min_norm_weights, present_vector,
                                        stacked_gradients, task_vector)
 
 
@@ -37,7 +37,7 @@ class MGDA(LossWeighting):
 
     def build(self):
         self.current = tf.Variable(tf.ones([len(self.task_names)]) / len(self.task_names),
-                                   trainable=False, name="mgda_weights")
+                                   trainable=False, name="mgda_weights", aggregation=SAME)
 
     def combine(self, losses, present):
         del present

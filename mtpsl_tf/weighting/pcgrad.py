@@ -18,7 +18,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
-from mtpsl_tf.weighting.common import EPS, local_combination, present_vector, stacked_gradients
+from mtpsl_tf.weighting.common import EPS, SAME, local_combination, present_vector, stacked_gradients
 
 
 @WEIGHTINGS.register("pcgrad")
@@ -29,15 +29,16 @@ class PCGrad(LossWeighting):
     constant_weights = True  # no weights: the static ones are applied to the gradients
 
     def build(self):
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="pcgrad_step")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="pcgrad_step", aggregation=SAME)
 
     def state(self):
         return {"step": self.step}
 
     def order(self, step, task: int) -> tf.Tensor:
-        """The random order `[T]` (int32) in which task `task` visits the others at `step`."""
+        """The random order `[T]` in which task `task` visits the others at `step`."""
         seed = tf.stack([tf.cast(self.seed, tf.int64) * 1000 + task, tf.cast(step, tf.int64)])
-        return tf.random.experimental.stateless_shuffle(tf.range(len(self.task_names)), seed=seed)
+        # argsort of uniforms: a permutation XLA can compile (StatelessShuffle has no XLA kernel).
+        return tf.argsort(tf.random.stateless_uniform([len(self.task_names)], seed=seed))
 
     def combine(self, losses, present):
         del present

@@ -7,7 +7,8 @@ with c_t = 1 for classifications and 2 for regressions (`Task.uncertainty_factor
 initialised to -0.5 and trained by the main Adam with the network, as the reference
 VICO-UoE/UniversalRepresentations `DensePred/nyu_mtl_baseline.py` (`--weight=uncert`:
 `scalars = [1, 2, 2]` for semantic/depth/normal, `logsigma` = -0.5 at start). The applied
-weight of task t is 1 / (c_t exp(s_t)).
+weight of task t is 1 / (c_t exp(s_t)). (With `--weight_decay`, s gets the main group's L2 as
+every parameter does; the reference uses none.)
 
 Partial labels: a task absent from the global batch (L_t = 0) contributes neither its loss
 nor its regulariser s_t / 2, so s_t gets no gradient from that step; without this the
