@@ -103,3 +103,18 @@ def test_segnet_last_shared_kernel_is_the_last_decoder_conv():
     net(tf.zeros([1, 32, 32, 3]))
     kernel = net.last_shared_kernel()
     assert "conv_block_dec_0_0" in kernel.path and any(kernel is v for v in net.shared_trainable_variables())
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", "famo"])
+def test_weighting_trains_under_mixed_float16(tmp_path, weighting):
+    """Loss scaling: a weighting trained by the tape (uncertainty), by `variable_gradients`
+    (gradnorm) and by a group of its own (famo) trains with finite, positive weights (a smoke
+    test: Adam is nearly scale-invariant, so this does not prove the unscaling)."""
+    from mtpsl_tf.training.run import run
+
+    model_dir = tmp_path / "run"
+    run(tiny_config(tmp_path, model_dir, flags=TINY + [
+        f"--weighting={weighting}", "--epochs=1", "--precision=mixed_float16"]))
+    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
+    weights = np.array([train[f"weight/{t}"] for t in TASKS])
+    assert np.isfinite(weights).all() and (weights > 0).all() and (weights < 10).all()
