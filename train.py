@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from absl import app, flags  # noqa: E402
 
-from mtpsl_tf.cli import USER_ERRORS, error_message, quiet_library_logs  # noqa: E402
+from mtpsl_tf.cli import RUN_ERRORS, USER_ERRORS, error_message, quiet_library_logs  # noqa: E402
 from mtpsl_tf.flags import config_from_flags, define_flags  # noqa: E402
 
 define_flags()
@@ -37,6 +37,9 @@ def main(argv):
     except USER_ERRORS as err:
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
+    except RUN_ERRORS as err:
+        print(f"error: {error_message(err)}", file=sys.stderr)
+        return 1
     _print_summary(report)
     return 0
 

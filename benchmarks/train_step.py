@@ -33,6 +33,8 @@ flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfl
 flags.DEFINE_integer("warmup", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
 flags.DEFINE_string("setting", "onelabel", "Label masks of the random batch: onelabel or full.")
+flags.DEFINE_multi_string("option", [], "A method/weighting option as name=value (e.g. remat_mapping=true); "
+                          "repeatable.")
 FLAGS = flags.FLAGS
 
 CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
@@ -106,6 +108,19 @@ def random_batch(tasks, batch_size, height, width, setting, two_views):
     return batch
 
 
+def _parse_option(item: str):
+    """"name=value" -> (name, value) with JSON values (true, 2, 0.5) or else the string."""
+    import json
+
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"--option must look like name=value, got {item!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def main(argv):
     del argv
     import keras
@@ -124,6 +139,7 @@ def main(argv):
     config.train.precision = FLAGS.precision
     if FLAGS.method == "stl":
         config.method.stl_task = DATASETS.get(FLAGS.dataset).tasks()[0].name
+    config.options = dict(_parse_option(item) for item in FLAGS.option)
     config.validate()
     keras.utils.set_random_seed(0)
     with dtype_policy(FLAGS.precision):
@@ -144,6 +160,7 @@ def main(argv):
     result = {
         "method": FLAGS.method, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
         "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
+        "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
         "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
         "matmul_peak_gflops_per_s": round(peak, 2),

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from mtpsl_tf.errors import NonFiniteLossError
+
 # The exceptions our entry points turn into `error: ...` and exit status 2 (bad input).
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError)
+# Failures of a run that are no bug of ours (a diverging training): `error: ...`, exit status 1.
+RUN_ERRORS = (NonFiniteLossError,)
 
 
 def error_message(err: BaseException) -> str:

@@ -92,6 +92,9 @@ class TrainConfig:
     strategy: str = _field("default", "default, mirrored (all local devices) or multi_worker (TF_CONFIG).")
     seed: int = _field(0, "Seed of weights init, shuffling and augmentation.")
     eval_every: int = _field(1, "Evaluate every this many epochs (and always after the last).")
+    max_nonfinite_steps: int = _field(
+        10, "A step whose loss or a gradient is NaN/Inf is skipped and counted (history.json, "
+        "TensorBoard: nonfinite_steps); after this many in a row training stops with an error.")
     verbose: int = _field(1, "Keras progress: 1 progress bar, 2 one line per epoch, 0 silent.")
     tensorboard_images: int = _field(2, "Validation images shown in TensorBoard (0: none).")
     stl_reference: str = _field(
@@ -120,7 +123,7 @@ class ExperimentConfig:
         self.loss_weight_overrides()
         for name, value in (("epochs", t.epochs), ("batch_size", d.batch_size),
                             ("eval_batch_size", d.eval_batch_size), ("lr_decay_epochs", t.lr_decay_epochs),
-                            ("eval_every", t.eval_every)):
+                            ("eval_every", t.eval_every), ("max_nonfinite_steps", t.max_nonfinite_steps)):
             if value <= 0:
                 raise ValueError(f"--{name} must be > 0, got {value}")
         for name, value in (("height", d.height), ("width", d.width)):

@@ -14,9 +14,8 @@ Tensors are NHWC; `T` is the number of tasks (the mapping net's task order), `P 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.methods.mtpsl.consistency import cosine_similarity, pair_loss  # noqa: F401

@@ -114,3 +114,22 @@ def test_mtpsl_rejects_non_segnet_backbone(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "m", method="mtpsl", backbone="resnet18_aspp")
     with pytest.raises(ValueError, match="--backbone=resnet18_aspp.*only --backbone=segnet"):
         METHODS.get("mtpsl")(config, DATASETS.get("synthetic").tasks())
+
+
+def test_recomputed_mapping_encoder_gives_the_same_loss_and_gradients(fixture_net, parity):
+    """--remat_mapping: tf.recompute_grad around the shared encoder changes memory, not values."""
+    preds, labels, feat = _fixture_inputs(parity)
+    mask = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    capacity = 2 * 6
+    variables = fixture_net.trainable_variables
+    results = []
+    for recompute in (False, True):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(consistency_loss_compact(
+                fixture_net, preds, labels, feat, mask, "mtpsl_plus", capacity=capacity,
+                gumbel_noise=tf.zeros([capacity, 64, 96, 13]), recompute=recompute))
+        results.append((float(loss), [g.numpy() for g in tape.gradient(loss, variables)]))
+    (plain, plain_grads), (again, again_grads) = results
+    assert again == pytest.approx(plain, rel=1e-6)
+    for a, b in zip(again_grads, plain_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(np.abs(b).max(), 1e-12))

@@ -75,11 +75,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.tasks.base import SMOOTH
-from mtpsl_tf.tasks.normal import rotate_in_plane as rotate_normals_in_plane
+from mtpsl_tf.tasks.normal import rotate_in_plane as rotate_normals_in_plane  # noqa: F401  (ScaleNRotate's normals)
 from mtpsl_tf.tasks.registry import resolve_tasks
 
 DEFAULT_SIZE = (512, 512)  # TRAIN.SCALE = TEST.SCALE for PASCALContext

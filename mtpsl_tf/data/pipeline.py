@@ -262,7 +262,16 @@ def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_
     ds = one_epoch(initial_epoch)
     for epoch in range(initial_epoch + 1, epochs):
         ds = ds.concatenate(one_epoch(epoch))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(ds).prefetch(tf.data.AUTOTUNE)
+
+
+def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Multi-worker runs split each global batch between the workers (every worker reads the
+    dataset, which is one file, and keeps its share of the batches' elements); no effect on
+    one machine."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def test_dataset(bundle: DataBundle, batch_size: int) -> tf.data.Dataset:
@@ -277,7 +286,7 @@ def test_dataset(bundle: DataBundle, batch_size: int) -> tf.data.Dataset:
     ds = ds.batch(batch_size)
     if bundle.spec.cacheable:
         ds = ds.cache()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(ds).prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(bundle: DataBundle, batch_size: int, cap: int = 0) -> int:

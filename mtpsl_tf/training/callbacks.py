@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Dict, List, Optional, Sequence
@@ -11,8 +12,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtpsl_tf.errors import NonFiniteLossError
 from mtpsl_tf.tasks.base import Task
 from mtpsl_tf.training import delta as delta_lib
+
+
+log = logging.getLogger("mtpsl_tf")
 
 
 def write_json_atomic(path: str, payload) -> None:
@@ -29,11 +34,16 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
+def scalar(value) -> float:
+    """A log value as a float (scalars, or `[1]` arrays under MultiWorkerMirroredStrategy)."""
+    return float(np.asarray(value).reshape(-1)[0])
+
+
 def _clean(logs: Dict[str, object], prefix: str) -> Dict[str, float]:
     out = {}
     for key, value in logs.items():
         if key.startswith(prefix):
-            number = float(value)
+            number = scalar(value)
             out[key[len(prefix):]] = None if math.isnan(number) else number
     return out
 
@@ -93,6 +103,7 @@ class EpochEnd(keras.callbacks.Callback):
                 self.best_manager.save(checkpoint_number=epoch + 1)
                 entry["best"] = True
             self._summaries(epoch + 1, val, entry.get("delta_mtl"))
+        _check_finite_weights(self.model, epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         self.history.append(entry)
         write_json_atomic(self.history_path, self.history)
@@ -120,6 +131,38 @@ class EpochEnd(keras.callbacks.Callback):
             tf.summary.image(f"{task.name}/label_vs_prediction", panel, step=step, max_outputs=8)
 
 
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Warns about every skipped (non-finite) step and stops training with NonFiniteLossError
+    after `max_consecutive` of them in a row. Reads the model's `nonfinite_steps` count."""
+
+    def __init__(self, max_consecutive: int, key: str = "nonfinite_steps"):
+        super().__init__()
+        self.max_consecutive = max_consecutive
+        self.key = key
+        self.epoch = 0
+        self.seen = 0.0
+        self.streak = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.seen = epoch + 1, 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = scalar((logs or {}).get(self.key, 0.0))
+        if count <= self.seen + 0.5:
+            self.streak = 0
+            return
+        self.seen, self.streak = count, self.streak + 1
+        log.warning("epoch %d step %d skipped: its loss or a gradient is not finite (%d skipped this epoch, "
+                    "%d in a row)", self.epoch, batch + 1, round(count), self.streak)
+        if self.streak >= self.max_consecutive:
+            means = ", ".join(f"{k}={scalar(v):.4g}" for k, v in sorted((logs or {}).items()) if k != self.key)
+            raise NonFiniteLossError(
+                f"training stopped at epoch {self.epoch}, step {batch + 1}: {self.streak} consecutive steps had a "
+                f"non-finite loss or gradient and were skipped (--max_nonfinite_steps={self.max_consecutive}); "
+                f"this epoch's mean losses over the applied steps: {means or 'none'}. Lower --learning_rate, "
+                "check the data, or use --precision=float32")
+
+
 class WeightingEpochEnd(keras.callbacks.Callback):
     """Hands each epoch's mean task losses to the loss weighting (`end_epoch`), before the
     epoch's checkpoint is written (list it before `EpochEnd`)."""
@@ -130,8 +173,16 @@ class WeightingEpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        means = {n: float(logs[f"{n}_loss"]) for n in self.weighting.task_names if f"{n}_loss" in logs}
+        means = {n: scalar(logs[f"{n}_loss"]) for n in self.weighting.task_names if f"{n}_loss" in logs}
         self.weighting.end_epoch(epoch + 1, means)
+
+
+def _check_finite_weights(model, epoch: int) -> None:
+    """Raises NonFiniteLossError naming the first non-finite variable (never checkpointed)."""
+    for variable in model.weights:
+        if tf.as_dtype(variable.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
+            raise NonFiniteLossError(f"after epoch {epoch} the variable {variable.path} is not finite; "
+                                     "not checkpointed. Lower --learning_rate or check the data")
 
 
 class WeightSummaries(keras.callbacks.Callback):

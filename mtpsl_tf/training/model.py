@@ -12,6 +12,42 @@ from mtpsl_tf.tasks.base import Task
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS
 
 
+NONFINITE = "nonfinite_steps"
+
+
+def _apply_if(condition: tf.Tensor, apply_fn) -> None:
+    """Runs `apply_fn` (optimiser updates) when `condition` (the same on every replica)
+    holds. Under a tf.distribute strategy the branch is chosen in the cross-replica context:
+    an optimiser's update merges across replicas, which a cond in the replica context cannot
+    contain (Keras' LossScaleOptimizer skips steps the same way)."""
+
+    def run():
+        apply_fn()
+        return tf.constant(True)
+
+    if not tf.distribute.has_strategy():
+        tf.cond(condition, run, lambda: tf.constant(False))
+        return
+
+    def cross_replica(distribution, condition):
+        def run_each():
+            distribution.extended.call_for_each_replica(apply_fn)
+            return tf.constant(True)
+
+        tf.cond(distribution.experimental_local_results(condition)[0], run_each, lambda: tf.constant(False))
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
+def _for_keras_reduction(logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The step's logs (scalars, equal on every replica) shaped for Keras' cross-replica
+    reduction: with MultiWorkerMirroredStrategy Keras reduces them with MEAN over axis 0,
+    which a scalar lacks (Keras 3.15), so they travel as `[1]` there."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+
 class MultiTaskModel(keras.Model):
     """Wraps a network (dict outputs) and a Method (losses) for `fit` / `evaluate`.
 
@@ -40,6 +76,8 @@ class MultiTaskModel(keras.Model):
         self.steps_per_epoch = steps_per_epoch
         self.task_metrics = {t.name: t.make_metric() for t in self.tasks}
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in method.loss_names()}
+        # Steps skipped this epoch because their loss or a gradient was not finite.
+        self.nonfinite_tracker = keras.metrics.Sum(name=NONFINITE)
         # A weighting whose weights change logs them each step ("weight/<task>": the weights
         # this step applied; in the epoch logs and history.json, the last step's).
         self.log_weights = not method.weighting.constant_weights
@@ -47,6 +85,12 @@ class MultiTaskModel(keras.Model):
 
     def call(self, images, training=False):
         return self.network(images, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Every variable is created by training.run.build before fit/evaluate. Keras' own
+        # symbolic build would first reduce a distributed dict batch across replicas, which
+        # MultiWorkerMirroredStrategy rejects (Keras 3.15, TF backend).
+        return None
 
     def set_optimizers(self, optimizers: Dict[str, keras.optimizers.Optimizer]) -> None:
         """Optimiser per variable group; "main" is also the model's `optimizer`."""
@@ -61,31 +105,57 @@ class MultiTaskModel(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.loss_trackers.values()) + list(self.task_metrics.values())
+        return [*self.loss_trackers.values(), self.nonfinite_tracker, *self.task_metrics.values()]
 
     def train_step(self, batch):
+        """One update. A step whose total loss or any gradient is not finite (on any replica)
+        is skipped: no variable or optimiser state changes, and `nonfinite_steps` counts it
+        (under mixed_float16 the loss-scale optimiser does this itself, lowering its scale)."""
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
         grads, terms, total = self.compute_gradients(batch)
         # Read before the update: the weights this step used.
         applied = self.method.weighting.weights() if self.log_weights else {}
-        start = 0
-        for name in groups:
-            count = len(groups[name])
-            pairs = list(zip(grads[start:start + count], groups[name]))
-            start += count
-            self._apply(name, pairs, main)
-        self.method.after_update()
+
+        def apply_all():
+            start = 0
+            for name in groups:
+                count = len(groups[name])
+                self._apply(name, list(zip(grads[start:start + count], groups[name])), main)
+                start += count
+            self.method.after_update()
+
+        if isinstance(main, keras.optimizers.LossScaleOptimizer):
+            apply_all()
+            self.nonfinite_tracker.update_state(0.0)
+        else:
+            finite = self._all_finite(total, grads)
+            _apply_if(finite, apply_all)
+            # `finite` is the same on every replica, like the replica-summed losses below.
+            self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
         losses.update(terms.extra)
         losses["total"] = total
         # Keras sums per-replica trackers' states; each replica's loss is its share of
         # the global mean, so report the replica-summed value.
+        # A skipped step adds nothing to the epoch's mean losses.
+        kept = tf.cast(tf.math.is_finite(replica_sum(total)), tf.float32)
         for name, value in losses.items():
-            self.loss_trackers[name].update_state(replica_sum(value))
+            value = replica_sum(value)
+            self.loss_trackers[name].update_state(tf.where(kept > 0, value, 0.0), sample_weight=kept)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs[NONFINITE] = self.nonfinite_tracker.result()
         logs.update({f"weight/{name}": tf.identity(value) for name, value in applied.items()})
-        return logs
+        return _for_keras_reduction(logs)
+
+    @staticmethod
+    def _all_finite(total, grads) -> tf.Tensor:
+        """bool scalar, the same on every replica: the total and all gradients are finite."""
+        bad = tf.cast(tf.logical_not(tf.math.is_finite(total)), tf.float32)
+        for g in grads:
+            if g is not None:
+                bad += tf.cast(tf.logical_not(tf.reduce_all(tf.math.is_finite(g))), tf.float32)
+        return tf.equal(replica_sum(bad), 0.0)
 
     def compute_gradients(self, batch):
         """(gradients aligned with the variable groups' variables in group order, the step's
@@ -149,7 +219,7 @@ class MultiTaskModel(keras.Model):
         outputs = self.network(batch["image"], training=False)
         for task in self.tasks:
             task.update_metric(self.task_metrics[task.name], batch["labels"][task.name], outputs[task.name])
-        return self.metric_results()
+        return _for_keras_reduction(self.metric_results())
 
     def metric_results(self) -> Dict[str, tf.Tensor]:
         out = {}

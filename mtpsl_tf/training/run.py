@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import types
 from typing import Dict
@@ -27,9 +29,31 @@ log = logging.getLogger("mtpsl_tf")
 
 
 def _multi_worker() -> tf.distribute.Strategy:
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster spec)")
+    check_tf_config(os.environ.get("TF_CONFIG"))
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def check_tf_config(value) -> None:
+    """Raises ValueError saying what is wrong with a TF_CONFIG for --strategy=multi_worker."""
+    example = ('e.g. {"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, '
+               '"task": {"type": "worker", "index": 0}}')
+    if not value:
+        raise ValueError(f"--strategy=multi_worker needs the TF_CONFIG environment variable (cluster spec), {example}")
+    try:
+        spec = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); {example}") from None
+    cluster, task = spec.get("cluster"), spec.get("task")
+    if not isinstance(cluster, dict) or not cluster.get("worker") and not cluster.get("chief"):
+        raise ValueError(f"TF_CONFIG needs a \"cluster\" with a \"worker\" (and optionally \"chief\") "
+                         f"list of host:port addresses; {example}")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ValueError(f"TF_CONFIG's \"task\" must name a type of the cluster {sorted(cluster)}, got {task!r}; "
+                         f"{example}")
+    index = task.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise ValueError(f"TF_CONFIG's task index {index!r} is out of range for the "
+                         f"{len(cluster[task['type']])} {task['type']} address(es)")
 
 
 # --strategy name -> the tf.distribute strategy it makes.
@@ -100,6 +124,9 @@ def build(config: ExperimentConfig, tasks, height: int, width: int, steps: int,
     model = MultiTaskModel(network, method, tasks, config.data.batch_size, steps)
     model.configure(jit_compile=config.train.xla)
     model.set_optimizers(build_optimizers(config, method, steps))
+    # Every variable exists now; under a tf.distribute strategy Keras would otherwise try to
+    # build the model symbolically from a batch, which a dict-input training model cannot do.
+    model.built = True
     return model
 
 
@@ -156,6 +183,21 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
 
 def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     strategy = make_strategy(config.train.strategy)
+    _log_devices(strategy)
+    if strategy.extended.should_checkpoint:
+        return _train(config, strategy, model_dir, model_dir)
+    # Not the chief of a multi-worker run: it writes its checkpoints, logs and metrics into a
+    # temporary directory that is removed afterwards (Keras' multi-worker guide); it resumes
+    # from the chief's checkpoints.
+    out_dir = tempfile.mkdtemp(prefix="mtpsl_worker_")
+    try:
+        return _train(config, strategy, model_dir, out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(config: ExperimentConfig, strategy, model_dir: str, out_dir: str) -> Dict[str, object]:
+    """Trains with `strategy`, resuming from `model_dir`'s checkpoints, writing to `out_dir`."""
     d = config.data
     if d.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={d.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
@@ -170,16 +212,17 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
                       load_pretrained=not resuming)
         _build_optimizer_state(model)
         ckpt = make_checkpoint(model)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(ckpt, os.path.join(model_dir, "best"), max_to_keep=1)
-    if manager.latest_checkpoint:
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "best"), max_to_keep=1)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest:
         # Partial matches are allowed: an imported model directory has no optimiser state.
-        ckpt.restore(manager.latest_checkpoint).expect_partial().assert_nontrivial_match()
-        log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch.numpy()))
+        ckpt.restore(latest).expect_partial().assert_nontrivial_match()
+        log.info("resumed from %s (epoch %d)", latest, int(ckpt.epoch.numpy()))
     initial_epoch = int(ckpt.epoch.numpy())
-    os.makedirs(model_dir, exist_ok=True)
-    save_config(config, model_dir)
-    _truncate_history(model_dir, initial_epoch)
+    os.makedirs(out_dir, exist_ok=True)
+    save_config(config, out_dir)
+    _truncate_history(out_dir, initial_epoch)
 
     epochs = config.train.epochs
     tasks = model.tasks
@@ -189,13 +232,14 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
         log.warning("no STL reference for dataset %s / setting %s: Delta-MTL is not computed "
                     "(pass --stl_reference=task/metric=value,...)", d.dataset, d.setting)
     test_ds = pipeline.test_dataset(bundle, d.eval_batch_size)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "test"))
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "test"))
     image_batch = _image_batch(test_ds, config.train.tensorboard_images)
-    epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, model_dir, writer, image_batch)
-    callbacks = [keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch", write_graph=False),
+    epoch_end = callbacks_lib.EpochEnd(tasks, ckpt, manager, best_manager, reference, out_dir, writer, image_batch)
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch", write_graph=False),
+                 callbacks_lib.NonFiniteGuard(config.train.max_nonfinite_steps),
                  callbacks_lib.WeightingEpochEnd(model.method.weighting), epoch_end]
     if model.log_weights:
-        step_writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "steps"))
+        step_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "steps"))
         callbacks.append(callbacks_lib.WeightSummaries(step_writer, steps))
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
@@ -205,7 +249,14 @@ def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
                   validation_data=test_ds, validation_freq=_eval_epochs(config, initial_epoch),
                   callbacks=callbacks, verbose=config.train.verbose)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, epochs, time.time() - start)
-    return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, epoch_end.history)
+    return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir)
+
+
+def _log_devices(strategy: tf.distribute.Strategy) -> None:
+    """Says where the run trains (a GPU machine that trains on its CPU is easy to miss)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    log.info("training with %s on %d replica(s); GPUs visible to TensorFlow: %s", type(strategy).__name__,
+             strategy.num_replicas_in_sync, ", ".join(g.name for g in gpus) or "none (training on the CPU)")
 
 
 def _eval_epochs(config: ExperimentConfig, initial_epoch: int):
@@ -229,7 +280,7 @@ def _truncate_history(model_dir: str, epoch: int) -> None:
         callbacks_lib.write_json_atomic(path, kept)
 
 
-def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, history) -> Dict[str, object]:
+def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir) -> Dict[str, object]:
     """Evaluates the last and the best model; writes metrics.json atomically."""
     last = _evaluate(model, test_ds)
     report = {"dataset": config.data.dataset, "setting": config.data.setting, "method": config.method.method,
@@ -243,7 +294,7 @@ def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, 
         best_epoch = int(best_manager.latest_checkpoint.rsplit("-", 1)[-1])
         report["best"] = {"epoch": best_epoch, "metrics": best, "delta_mtl": delta_lib.compute(best, tasks, reference)}
         ckpt.epoch.assign(epoch_now)
-    path = os.path.join(config.train.model_dir, "metrics.json")
+    path = os.path.join(out_dir, "metrics.json")
     callbacks_lib.write_json_atomic(path, report)
     report["path"] = path
     return report
@@ -251,4 +302,4 @@ def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, 
 
 def _evaluate(model: MultiTaskModel, test_ds) -> Dict[str, float]:
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
-    return {k: float(v) for k, v in results.items() if "/" in k}
+    return {k: callbacks_lib.scalar(v) for k, v in results.items() if "/" in k}

@@ -83,8 +83,10 @@ class FAMO(LossWeighting):
         delta = both * (tf.math.log(self.previous + EPSILON) - tf.math.log(loss + EPSILON))
         feedback = tf.reduce_sum(z * tf.stop_gradient(delta)) / float(replicas())
         self.current.assign(v)
-        self.previous.assign(tf.where(mask > 0, loss, self.previous))
-        self.previous_present.assign(mask)
+        # A non-finite loss (a step the training loop skips) is not kept as feedback.
+        usable = mask * tf.cast(tf.math.is_finite(loss), tf.float32)
+        self.previous.assign(tf.where(usable > 0, loss, self.previous))
+        self.previous_present.assign(usable)
         total = tf.reduce_sum(tf.stop_gradient(v) * local) + feedback - tf.stop_gradient(feedback)
         return tf.cast(total, dtype)
 

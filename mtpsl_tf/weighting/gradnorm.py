@@ -75,10 +75,11 @@ class GradNorm(LossWeighting):
         mask = present_vector(present, self.task_names)
         loss = global_sum(task_vector(losses, self.task_names))
         # L_t(0): the first loss of each task seen present (this step's for a new task).
-        new = mask * (1.0 - self.started)
-        initial = self.initial + new * (loss - self.initial)
+        # A non-finite loss (a step the training loop skips) never becomes L_t(0).
+        usable = mask * tf.cast(tf.math.is_finite(loss), tf.float32)
+        initial = tf.where(usable * (1.0 - self.started) > 0, loss, self.initial)
         self.initial.assign(initial)
-        self.started.assign(tf.maximum(self.started, mask))
+        self.started.assign(tf.maximum(self.started, usable))
         g = tf.stack([tf.reshape(tf.cast(task_gradients[n][last_shared], tf.float32), [-1]) for n in self.task_names])
         g = global_sum(g)
         raw = tf.norm(g, axis=1)  # ||grad_W L_t||, [T]

@@ -59,6 +59,7 @@ def consistency_loss_compact(
     reg_weight: float = 0.5,
     training: bool = True,
     tasks=None,
+    recompute: bool = False,
 ) -> tf.Tensor:
     """Per-image sum of the active pairs' losses, float `[B]`.
 
@@ -75,6 +76,8 @@ def consistency_loss_compact(
         training: BatchNorm mode of the mapping net (the method uses True: per-item statistics).
         tasks: the Tasks of `mapping_net.task_names` (their `mapping_prediction` /
             `mapping_label` hooks); default the tasks registered under those names.
+        recompute: keep only the shared encoder's input for the backward pass and recompute
+            its activations there (tf.recompute_grad): less memory, one more encoder pass.
     """
     names = list(mapping_net.task_names)
     kinds = resolve_tasks(names, tasks)
@@ -98,7 +101,12 @@ def consistency_loss_compact(
         x = tf.concat([source_in, target_in], axis=0) * mine
         h = mapping_net.input_layers[u](x, training=training) * tf.cast(mine, mapping_net.compute_dtype)
         hidden = h if hidden is None else hidden + h
-    embeddings = mapping_net.encode(hidden, tf.concat([pair, pair], axis=0), training)
+    item_pairs = tf.concat([pair, pair], axis=0)
+
+    def encode(x):
+        return mapping_net.encode(x, item_pairs, training)
+
+    embeddings = (tf.recompute_grad(encode) if recompute else encode)(hidden)
     map_source, map_target = tf.split(embeddings, 2, axis=0)
     item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
     losses = tf.cast(pair_loss(map_source, map_target, item_feat, reg_weight), tf.float32)

@@ -32,6 +32,9 @@ class MTPSLOptions:
     rampup: str = option("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
     film_learning_rate: float = option(1e-3, "mtpsl: Adam lr of the FiLM tables (paper: 1e-3 NYU-v2, 1e-5 Cityscapes).")
     film_lr_decay_epochs: int = option(30, "mtpsl: halve the FiLM learning rate every this many epochs.")
+    remat_mapping: bool = option(
+        False, "mtpsl: recompute the mapping encoder's activations in the backward pass instead of keeping "
+        "them (less memory, one more mapping-encoder forward pass per step).")
 
     def validate(self) -> None:
         choice("consistency_mode", self.consistency_mode, ("auto",) + MODES)
@@ -110,7 +113,7 @@ class MTPSL(Method):
         per_image = consistency_loss_compact(
             self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
             capacity=self.capacity(local), seed=self._seed(step), reg_weight=self.options.reg_weight,
-            training=True, tasks=self.tasks)
+            training=True, tasks=self.tasks, recompute=self.options.remat_mapping)
         consistency = tf.reduce_sum(per_image) / float(global_batch_size)
         return LossTerms(losses, presence(self.tasks, batch["label_mask"]), {"consistency": consistency},
                          {"consistency": self.con_weight(progress)})
