@@ -72,3 +72,12 @@ class Backbone(keras.Model):
         gradient-based loss weighting differentiates each task's loss with respect to."""
         own = {id(v) for layer in self.head_layers().values() for v in layer.trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in own]
+
+    def last_shared_kernel(self):
+        """The kernel of the last shared convolution before the heads (GradNorm's W).
+        Default: the last 4-D shared variable, right when variables are created in the order
+        they are applied (ResNet: layer4's last conv); SegNet overrides it."""
+        kernels = [v for v in self.shared_trainable_variables() if len(v.shape) == 4]
+        if not kernels:
+            raise ValueError(f"{self.name}: no shared convolution kernel")
+        return kernels[-1]

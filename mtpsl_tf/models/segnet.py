@@ -105,6 +105,10 @@ class SegNet(Backbone):
         outputs["feature"] = tf.cast(feature, tf.float32)
         return outputs
 
+    def last_shared_kernel(self):
+        """The decoder runs its blocks from index 4 down to 0: conv_block_dec[0] is last."""
+        return self.conv_block_dec[0][-1].convs[-1].kernel
+
     def get_config(self):
         config = super().get_config()
         config.update(heads=self.heads, variant=self.variant, filters=self.filters)

@@ -41,6 +41,9 @@ class Task(abc.ABC):
 
     label_resampling = NEAREST
     mapping_needs_noise = False
+    # c_t of the uncertainty weighting's L_t / (c_t sigma_t^2) + log sigma_t (Kendall et al.
+    # 2018): 2 for a regression (Gaussian likelihood), 1 for a classification (softmax).
+    uncertainty_factor = 2.0
 
     name: str
     channels: int

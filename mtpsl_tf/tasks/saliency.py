@@ -66,6 +66,7 @@ class BinaryLogitTask(Task):
 
     channels = 1
     activation = "linear"
+    uncertainty_factor = 1.0  # a classification (Kendall et al. 2018)
     kind = "binary"  # for messages
 
     def update_metric(self, metric, label, pred):

@@ -66,6 +66,7 @@ class Semantic(Task):
     """
 
     activation = "log_softmax"
+    uncertainty_factor = 1.0  # a classification (Kendall et al. 2018)
     metric_directions = {"miou": HIGHER, "pixel_acc": HIGHER}
     primary_metric = "miou"
     mapping_needs_noise = True

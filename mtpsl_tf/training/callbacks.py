@@ -185,6 +185,27 @@ def _check_finite_weights(model, epoch: int) -> None:
                                      "not checkpointed. Lower --learning_rate or check the data")
 
 
+class WeightSummaries(keras.callbacks.Callback):
+    """Writes the loss weighting's weights of every training step ("weight/<task>" in the
+    step's logs) to TensorBoard, at the global step (epoch * steps_per_epoch + batch + 1)."""
+
+    def __init__(self, writer, steps_per_epoch: int):
+        super().__init__()
+        self.writer = writer
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.epoch * self.steps_per_epoch + batch + 1
+        with self.writer.as_default():
+            for key, value in (logs or {}).items():
+                if key.startswith("weight/"):
+                    tf.summary.scalar(key, float(value), step=step)
+
+
 def _read_history(path: str) -> List[Dict[str, object]]:
     if not os.path.exists(path):
         return []

@@ -78,6 +78,9 @@ class MultiTaskModel(keras.Model):
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in method.loss_names()}
         # Steps skipped this epoch because their loss or a gradient was not finite.
         self.nonfinite_tracker = keras.metrics.Sum(name=NONFINITE)
+        # A weighting whose weights change logs them each step ("weight/<task>": the weights
+        # this step applied; in the epoch logs and history.json, the last step's).
+        self.log_weights = not method.weighting.constant_weights
         self.group_optimizers: Dict[str, keras.optimizers.Optimizer] = {}
 
     def call(self, images, training=False):
@@ -111,6 +114,8 @@ class MultiTaskModel(keras.Model):
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
         grads, terms, total = self.compute_gradients(batch)
+        # Read before the update: the weights this step used.
+        applied = self.method.weighting.weights() if self.log_weights else {}
 
         def apply_all():
             start = 0
@@ -140,6 +145,7 @@ class MultiTaskModel(keras.Model):
             self.loss_trackers[name].update_state(tf.where(kept > 0, value, 0.0), sample_weight=kept)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         logs[NONFINITE] = self.nonfinite_tracker.result()
+        logs.update({f"weight/{name}": tf.identity(value) for name, value in applied.items()})
         return _for_keras_reduction(logs)
 
     @staticmethod
@@ -183,7 +189,15 @@ class MultiTaskModel(keras.Model):
         for name, loss in scaled_tasks.items():
             g = tape.gradient(loss, variables)
             task_grads[name] = [tf.zeros_like(v) if x is None else x for x, v in zip(g, variables)]
-        combined = self.method.weighting.combine_gradients(task_grads, terms.tasks, terms.present)
+        weighting = self.method.weighting
+        combined = weighting.combine_gradients(task_grads, terms.tasks, terms.present)
+        last = [id(v) for v in variables].index(id(self.network.last_shared_kernel()))
+        own = weighting.variable_gradients(task_grads, terms.tasks, terms.present, last)
+        if own is not None:  # the weighting's variables follow a loss of their own (GradNorm)
+            where = {id(v): i for i, v in enumerate(flat)}
+            grads = list(grads)
+            for v, g in zip(weighting.trainable_variables(), own):
+                grads[where[id(v)]] = g
         extra_grads = [None] * len(variables) if scaled_extra is None else tape.gradient(scaled_extra, variables)
         grads = list(grads)
         for i, c, e in zip(positions, combined, extra_grads):

@@ -238,6 +238,9 @@ def _train(config: ExperimentConfig, strategy, model_dir: str, out_dir: str) -> 
     callbacks = [keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch", write_graph=False),
                  callbacks_lib.NonFiniteGuard(config.train.max_nonfinite_steps),
                  callbacks_lib.WeightingEpochEnd(model.method.weighting), epoch_end]
+    if model.log_weights:
+        step_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "steps"))
+        callbacks.append(callbacks_lib.WeightSummaries(step_writer, steps))
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
                                           epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views)

@@ -26,6 +26,13 @@ from mtpsl_tf.registry import Registry
 # One line per weighting module (see mtpsl_tf/registry.py).
 WEIGHTINGS: Registry = Registry("loss weighting", modules=(
     "mtpsl_tf.weighting.fixed",
+    "mtpsl_tf.weighting.uncertainty",
+    "mtpsl_tf.weighting.dwa",
+    "mtpsl_tf.weighting.gradnorm",
+    "mtpsl_tf.weighting.mgda",
+    "mtpsl_tf.weighting.pcgrad",
+    "mtpsl_tf.weighting.cagrad",
+    "mtpsl_tf.weighting.famo",
 ))
 
 TOTAL = "total"  # differentiate the combined total once (no per-task gradients)
@@ -58,6 +65,9 @@ class LossWeighting:
 
     Options = NoOptions
     gradient_source = TOTAL
+    # False: the weights change during training and are logged ("weight/<task>" per step
+    # and per epoch); `fixed` leaves the logs as they were.
+    constant_weights = False
 
     def __init__(self, facts: WeightingFacts):
         self.task_names = list(facts.task_names)
@@ -94,6 +104,16 @@ class LossWeighting:
         """SHARED_PARAMETERS weightings: the shared variables' gradient from each task's
         gradient of them (task -> list aligned with the shared variables, None-free)."""
         raise NotImplementedError
+
+    def variable_gradients(self, task_gradients: Mapping[str, Sequence[tf.Tensor]],
+                           losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor],
+                           last_shared: int):
+        """SHARED_PARAMETERS weightings whose variables follow a loss of their own (GradNorm):
+        the gradients of `trainable_variables()` (same order) that replace the tape's
+        gradient of the total, computed from the same (possibly loss-scaled) task gradients;
+        None keeps the tape's. `last_shared` is the index, in the task-gradient lists, of the
+        backbone's `last_shared_kernel()`. Called after `combine_gradients`."""
+        return None
 
     def after_update(self) -> None:
         """Runs in the training step after the gradients were applied (e.g. GradNorm's

@@ -14,6 +14,8 @@ from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting, weighted_total
 class FixedWeighting(LossWeighting):
     """sum_t w_t L_t with w = the static weights (`--loss_weights` / the dataset's)."""
 
+    constant_weights = True
+
     def combine(self, losses, present):
         del present
         return weighted_total(losses, self.static_weights)
