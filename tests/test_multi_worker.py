@@ -21,7 +21,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import multi_worker_local  # noqa: E402
-from tests_helpers import TINY  # noqa: E402
+from tests_helpers import TINY, checkpoint_network_weights  # noqa: E402
 
 MIRRORED = textwrap.dedent("""
     import sys
@@ -32,14 +32,6 @@ MIRRORED = textwrap.dedent("""
     from mtpsl_tf.training.run import run
     run(config_from_flagfile(sys.argv[1], sys.argv[2:]))
 """)
-
-
-def _weights(model_dir):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/"))
-    return {n: reader.get_tensor(n) for n in names}
 
 
 def test_two_workers_train_like_one_mirrored_process(tmp_path):
@@ -68,7 +60,7 @@ def test_two_workers_train_like_one_mirrored_process(tmp_path):
             assert got["train"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     assert sorted(p.name for p in model_dir.iterdir()) == ["best", "checkpoints", "config.json", "history.json",
                                                           "logs", "metrics.json"]
-    ours, want = _weights(model_dir), _weights(reference)
+    ours, want = checkpoint_network_weights(model_dir), checkpoint_network_weights(reference)
     assert ours.keys() == want.keys() and ours
     for name in ours:
         np.testing.assert_allclose(ours[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -12,7 +12,7 @@ from mtpsl_tf.errors import NonFiniteLossError
 from mtpsl_tf.methods.base import METHODS, LossTerms
 from mtpsl_tf.methods.supervised import SupervisedLearning
 from mtpsl_tf.options import option
-from tests_helpers import TINY, tiny_config
+from tests_helpers import TINY, checkpoint_network_weights, tiny_config
 import dataclasses
 
 
@@ -41,12 +41,6 @@ class PoisonedSL(SupervisedLearning):
         return terms
 
 
-def _network_weights(model_dir):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/"))
-    return {n: reader.get_tensor(n) for n in names}
-
-
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     from mtpsl_tf.training.run import run
 
@@ -56,7 +50,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     history = json.loads((model_dir / "history.json").read_text())
     assert [h["train"]["nonfinite_steps"] for h in history] == [1.0, 1.0]
     assert all(np.isfinite(h["train"]["total"]) for h in history)  # means over the applied steps
-    weights = _network_weights(model_dir)
+    weights = checkpoint_network_weights(model_dir)
     assert all(np.isfinite(w).all() for w in weights.values())
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
     iterations = [n for n in reader.get_variable_to_shape_map() if n.startswith("optimizer_main/") and "iteration" in n]

@@ -23,3 +23,14 @@ def tiny_config(tmp_path, model_dir, flags=TINY, **overrides) -> ExperimentConfi
     for key, value in overrides.items():
         setattr(getattr(config, sections[key]), key, value)
     return config.validate()
+
+
+def checkpoint_network_weights(model_dir) -> dict:
+    """The network's variables in a model directory's latest checkpoint: name -> array."""
+    import os
+
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(str(model_dir), "checkpoints")))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/"))
+    return {n: reader.get_tensor(n) for n in names}
