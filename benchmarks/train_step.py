@@ -121,6 +121,13 @@ def _parse_option(item: str):
         return name, value
 
 
+def _peak_gpu_mb(tf):
+    """Peak memory TensorFlow allocated on the first GPU (None without a GPU)."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
+
+
 def main(argv):
     del argv
     import keras
@@ -166,6 +173,7 @@ def main(argv):
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }
     print(json.dumps(result))

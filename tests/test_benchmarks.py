@@ -39,3 +39,14 @@ def test_inference_benchmark_rows_per_format_and_switches():
     partitions = {r["switches"]: r["xnnpack_nodes"] for r in report["results"] if r["format"] == "tflite"}
     assert 1 <= partitions["arithmetic"] <= 2 < partitions["compare"]
     assert all(r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in report["results"])
+
+
+def test_gpu_suite_smoke():
+    """benchmarks/gpu_suite.sh in its tiny CPU mode: one JSON line per method."""
+    env = dict(os.environ, SMOKE="1")
+    result = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh")], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["method"] for r in rows] == ["sl", "mtpsl"]
+    assert all(r["step_s"] > 0 and "peak_gpu_mb" in r for r in rows)
