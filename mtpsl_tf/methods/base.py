@@ -13,6 +13,7 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+from mtpsl_tf.distribute import replica_sum  # noqa: F401  (re-exported)
 from mtpsl_tf.methods.facts import MethodFacts, resolve_facts, resolve_loss_weights  # noqa: F401
 from mtpsl_tf.options import NoOptions
 from mtpsl_tf.registry import Registry
@@ -24,14 +25,6 @@ METHODS: Registry = Registry("method", modules=(
     "mtpsl_tf.methods.supervised",
     "mtpsl_tf.methods.mtpsl",
 ))
-
-
-def replica_sum(value: tf.Tensor) -> tf.Tensor:
-    """Sums `value` over replicas when called inside a replica context, else returns it."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 @dataclasses.dataclass
@@ -157,9 +150,8 @@ class Method(abc.ABC):
     def total(self, terms: LossTerms) -> tf.Tensor:
         """The weighting's combination of the task losses plus the weighted extra terms."""
         total = self.weighting.combine(terms.tasks, terms.present)
-        for name, value in terms.extra.items():
-            total = total + terms.extra_weights[name] * value
-        return total
+        extra = self.extra_total(terms)
+        return total if extra is None else total + extra
 
     def extra_total(self, terms: LossTerms):
         """sum of the weighted extra terms (None when there are none)."""

@@ -7,7 +7,8 @@ from typing import Dict, Sequence
 import keras
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import Method, replica_sum
+from mtpsl_tf.distribute import replica_sum
+from mtpsl_tf.methods.base import Method
 from mtpsl_tf.tasks.base import Task
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS
 
@@ -136,9 +137,9 @@ class MultiTaskModel(keras.Model):
         losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
         losses.update(terms.extra)
         losses["total"] = total
-        # Keras sums per-replica trackers' states; each replica's loss is its share of
-        # the global mean, so report the replica-summed value.
-        # A skipped step adds nothing to the epoch's mean losses.
+        # Each replica's loss is its share of the global mean: every replica tracks the
+        # replica-summed value, so the replicas' results agree whatever Keras reduces them with.
+        # A step with a non-finite total adds nothing to the epoch's mean losses.
         kept = tf.cast(tf.math.is_finite(replica_sum(total)), tf.float32)
         for name, value in losses.items():
             value = replica_sum(value)

@@ -96,8 +96,11 @@ class LossWeighting:
     # ------------------------------------------------------------------ per step
     def combine(self, losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """The total to differentiate from `losses` (task -> scalar) and `present` (task ->
-        bool scalar: the task has a labelled image in the global batch)."""
-        raise NotImplementedError
+        bool scalar: the task has a labelled image in the global batch). Default: the static
+        weighted sum (`fixed`; gradient-based weightings give it to the task heads). An absent
+        task's loss is 0, so it adds nothing."""
+        del present
+        return weighted_total(losses, self.static_weights)
 
     def combine_gradients(self, task_gradients: Mapping[str, Sequence[tf.Tensor]],
                           losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor]) -> List[tf.Tensor]:

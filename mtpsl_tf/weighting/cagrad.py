@@ -21,8 +21,8 @@ import dataclasses
 import tensorflow as tf
 
 from mtpsl_tf.options import option
-from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
-from mtpsl_tf.weighting.common import EPS, SAME, local_combination, present_vector, stacked_gradients
+from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting
+from mtpsl_tf.weighting.common import EPS, local_combination, present_vector, stacked_gradients, uniform_weights
 
 ITERATIONS = 3000  # measured: weights within 1e-4 of scipy SLSQP on the tests' problems
 
@@ -78,12 +78,8 @@ class CAGrad(LossWeighting):
     gradient_source = SHARED_PARAMETERS
 
     def build(self):
-        self.current = tf.Variable(tf.ones([len(self.task_names)]) / len(self.task_names),
-                                   trainable=False, name="cagrad_weights", aggregation=SAME)
+        self.current = uniform_weights(len(self.task_names), "cagrad_weights")
 
-    def combine(self, losses, present):
-        del present
-        return weighted_total(losses, self.static_weights)
 
     def combine_gradients(self, task_gradients, losses, present):
         alpha = self.options.cagrad_alpha

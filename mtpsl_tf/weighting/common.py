@@ -13,6 +13,8 @@ from typing import List, Mapping, Sequence
 
 import tensorflow as tf
 
+from mtpsl_tf.distribute import replica_sum
+
 EPS = 1e-12  # guards divisions by norms and losses that may be exactly 0
 # Aggregation of state variables assigned inside the training step: every replica computes the
 # same (global) value, so the first replica's assignment is the one kept.
@@ -26,11 +28,13 @@ def replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def global_sum(value: tf.Tensor) -> tf.Tensor:
-    """`value` summed over the replicas (itself with one replica)."""
-    if replicas() == 1:
-        return value
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+# `value` summed over the replicas (itself with one replica).
+global_sum = replica_sum
+
+
+def uniform_weights(count: int, name: str) -> tf.Variable:
+    """A state variable of `count` weights, 1 / count each, assigned inside the step (SAME)."""
+    return tf.Variable(tf.ones([count]) / count, trainable=False, name=name, aggregation=SAME)
 
 
 def task_vector(values: Mapping[str, tf.Tensor], names: Sequence[str]) -> tf.Tensor:

@@ -7,15 +7,13 @@ there is no state to corrupt.
 
 from __future__ import annotations
 
-from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting, weighted_total
+from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting
 
 
 @WEIGHTINGS.register("fixed")
 class FixedWeighting(LossWeighting):
-    """sum_t w_t L_t with w = the static weights (`--loss_weights` / the dataset's)."""
+    """sum_t w_t L_t with w = the static weights (`--loss_weights` / the dataset's): the
+    base class's `combine`."""
 
     constant_weights = True
 
-    def combine(self, losses, present):
-        del present
-        return weighted_total(losses, self.static_weights)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
-from mtpsl_tf.weighting.common import (EPS, SAME, global_sum, local_combination, min_norm_weights, present_vector,
-                                       stacked_gradients, task_vector)
+from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting
+from mtpsl_tf.weighting.common import (EPS, global_sum, local_combination, min_norm_weights, present_vector,
+                                       stacked_gradients, task_vector, uniform_weights)
 
 
 @WEIGHTINGS.register("mgda")
@@ -36,12 +36,8 @@ class MGDA(LossWeighting):
     gradient_source = SHARED_PARAMETERS
 
     def build(self):
-        self.current = tf.Variable(tf.ones([len(self.task_names)]) / len(self.task_names),
-                                   trainable=False, name="mgda_weights", aggregation=SAME)
+        self.current = uniform_weights(len(self.task_names), "mgda_weights")
 
-    def combine(self, losses, present):
-        del present
-        return weighted_total(losses, self.static_weights)
 
     def combine_gradients(self, task_gradients, losses, present):
         mask = present_vector(present, self.task_names)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, weighted_total
+from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting
 from mtpsl_tf.weighting.common import EPS, SAME, local_combination, present_vector, stacked_gradients
 
 
@@ -40,9 +40,6 @@ class PCGrad(LossWeighting):
         # argsort of uniforms: a permutation XLA can compile (StatelessShuffle has no XLA kernel).
         return tf.argsort(tf.random.stateless_uniform([len(self.task_names)], seed=seed))
 
-    def combine(self, losses, present):
-        del present
-        return weighted_total(losses, self.static_weights)
 
     def combine_gradients(self, task_gradients, losses, present):
         mask = present_vector(present, self.task_names)
