@@ -29,6 +29,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_library_logs()
+    # absl.app has already given the root logger its handler and WARNING level (so basicConfig
+    # does nothing): our own INFO lines (devices, resume point, epochs) need their own level.
+    logging.getLogger("mtpsl_tf").setLevel(logging.INFO)
     try:
         config = config_from_flags(flags.FLAGS)
         from mtpsl_tf.training.run import run

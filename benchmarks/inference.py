@@ -13,6 +13,11 @@ arithmetic`, XNNPACK ops) and/or the training-time comparison ops (`compare`), o
 subprocess so its peak RSS (ru_maxrss) is its own; LiteRT workers never import TensorFlow.
 Random-weight models are calibrated for int8 on uniform-noise images (speed does not
 depend on the calibration).
+
+`--torch_repo=DIR` (a local checkout of the authors' code, github.com/VICO-UoE/MTPSL; nothing
+is downloaded) adds a `pytorch_eager` row per SegNet setup: the authors' own SegNet class
+(model/segnet_mtl.py for NYU-v2, model/segnet_mtl_cityscapes.py for Cityscapes) with random
+weights, eval mode, torch.no_grad(), torch.set_num_threads(--num_threads), same input size.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_int8")
+# The authors' SegNet per dataset (module in their repository, number of classes).
+TORCH_SEGNETS = {"nyuv2": ("model.segnet_mtl", 13), "cityscapes": ("model.segnet_mtl_cityscapes", 7)}
 flags.DEFINE_string("model_dir", "", "Model directory of train.py (empty: random-weight SegNets per --setups).")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of --model_dir.")
 flags.DEFINE_integer("height", None, "With --model_dir: input height (default: training size).")
@@ -50,6 +57,8 @@ flags.DEFINE_integer("num_calibration", 8, "int8 calibration images.")
 flags.DEFINE_list("litert_switches", ["arithmetic"],
                   "SegNet pooling switches of the LiteRT formats, one row each: arithmetic (XNNPACK ops, the "
                   "export default) and/or compare (the training-time comparison ops).")
+flags.DEFINE_string("torch_repo", "", "A local checkout of VICO-UoE/MTPSL: adds the authors' PyTorch SegNet "
+                    "in eager mode as a `pytorch_eager` row (SegNet setups of nyuv2/cityscapes; needs torch).")
 flags.DEFINE_string("workdir", "", "Where exports are written (empty: a temporary folder, removed).")
 # Internal: one format timed in a child process.
 flags.DEFINE_string("worker", "", "(internal) format to time in this process.")
@@ -115,7 +124,9 @@ def worker(fmt: str, height: int, width: int) -> dict:
     import numpy as np
 
     image = np.random.default_rng(0).uniform(size=(1, height, width, 3)).astype(np.float32)
-    if fmt.startswith("tflite"):
+    if fmt == "pytorch_eager":
+        fn = torch_segnet(FLAGS.dataset, FLAGS.torch_repo, FLAGS.num_threads)
+    elif fmt.startswith("tflite"):
         from mtpsl_export.runners import LiteRTRunner
 
         fn = LiteRTRunner(FLAGS.path, num_threads=FLAGS.num_threads, xnnpack=FLAGS.xnnpack)
@@ -135,6 +146,40 @@ def worker(fmt: str, height: int, width: int) -> dict:
         result["xnnpack_nodes"] = fn.delegated_nodes()
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def torch_segnet(dataset: str, repo: str, num_threads: int):
+    """image [1, H, W, 3] float32 numpy -> the authors' SegNet outputs, eager, no autograd."""
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(num_threads)
+    sys.path.insert(0, os.path.abspath(repo))
+    module_name, classes = TORCH_SEGNETS[dataset]
+    torch.manual_seed(0)
+    net = importlib.import_module(module_name).SegNet(type_="standard", class_nb=classes).eval()
+
+    def run(image):
+        with torch.no_grad():
+            return net(torch.from_numpy(image).permute(0, 3, 1, 2).contiguous())
+    return run
+
+
+def torch_rows_wanted(dataset: str) -> bool:
+    """Whether a `pytorch_eager` row is timed for `dataset` (and why not, on stderr)."""
+    if not FLAGS.torch_repo:
+        return False
+    standard = FLAGS.backbone == "segnet" and FLAGS.variant == "standard" and not FLAGS.filters
+    if FLAGS.model_dir or not standard or dataset not in TORCH_SEGNETS:
+        print(f"  no pytorch_eager row for {dataset}: the authors' class is the random-weight standard SegNet "
+              f"of {', '.join(TORCH_SEGNETS)} (no --model_dir, --backbone=segnet, no --filters)", file=sys.stderr)
+        return False
+    module = os.path.join(FLAGS.torch_repo, *TORCH_SEGNETS[dataset][0].split(".")) + ".py"
+    if not os.path.isfile(module):
+        raise app.UsageError(f"--torch_repo={FLAGS.torch_repo}: {module} not found (expected a checkout of "
+                             "VICO-UoE/MTPSL)")
+    return True
 
 
 def export_all(folder: str, dataset: str, height: int, width: int) -> list:
@@ -174,7 +219,7 @@ def run_worker(fmt: str, path: str, dataset: str, height: int, width: int) -> di
             f"--height={height}", f"--width={width}", f"--warmup={FLAGS.warmup}", f"--runs={FLAGS.runs}",
             f"--num_threads={FLAGS.num_threads}", f"--{'' if FLAGS.xnnpack else 'no'}xnnpack",
             f"--backbone={FLAGS.backbone}", f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}",
-            f"--model_dir={FLAGS.model_dir}",
+            f"--model_dir={FLAGS.model_dir}", f"--torch_repo={FLAGS.torch_repo}",
             f"--which={FLAGS.which}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(args, capture_output=True, text=True, env=env)
@@ -234,7 +279,10 @@ def main(argv):
         for dataset, height, width in setups():
             contract.check_size(height, width)
             print(f"{dataset} {height}x{width}: exporting ...", file=sys.stderr)
+            with_torch = torch_rows_wanted(dataset)
             jobs = export_all(os.path.join(tmp, f"{dataset}_{height}x{width}"), dataset, height, width)
+            if with_torch:
+                jobs.append(("pytorch_eager", None, ""))
             for fmt, switches, path in jobs:
                 result = run_worker(fmt, path, dataset, height, width)
                 size_mb = _size_mb(path) if path else None

@@ -41,6 +41,14 @@ def test_inference_benchmark_rows_per_format_and_switches():
     assert all(r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in report["results"])
 
 
+def test_inference_benchmark_names_a_bad_torch_repo(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference.py"), "--setups=nyuv2:32x64",
+                             "--formats=keras", f"--torch_repo={tmp_path}"], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode != 0
+    assert f"--torch_repo={tmp_path}" in result.stderr and "model/segnet_mtl.py not found" in result.stderr
+
+
 def test_gpu_suite_smoke():
     """benchmarks/gpu_suite.sh in its tiny CPU mode: one JSON line per method."""
     env = dict(os.environ, SMOKE="1")

@@ -1,6 +1,8 @@
 """--strategy=multi_worker: two worker processes on 127.0.0.1 (free ports) train the tiny synthetic
 set; the chief's weights equal a one-process MirroredStrategy run over 2 logical CPUs with the
-same global batch; only the chief writes the model directory; bad TF_CONFIGs are named.
+same global batch; only the chief writes the model directory; a worker killed during epoch 2 is
+recovered by restarting the cluster (benchmarks/multi_worker_local.py --max_restarts) and the run
+ends with the same weights; bad TF_CONFIGs are named.
 
 The learning rate is tiny (1e-12): Adam's first steps move every weight by about +-lr
 whatever the gradient's size, so float noise in near-zero gradients (biases before BatchNorm)
@@ -11,9 +13,13 @@ loss normalisation, to float32 rounding."""
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -34,36 +40,85 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
-def test_two_workers_train_like_one_mirrored_process(tmp_path):
-    flagfile = tmp_path / "tiny.flags"
-    flagfile.write_text("\n".join(TINY + ["--epochs=2", "--learning_rate=1e-12", f"--data_dir={tmp_path / 'tfds'}"])
-                        + "\n")
-    # Prepare the data once, so the workers do not race to write it.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    reference = tmp_path / "mirrored"
-    done = subprocess.run([sys.executable, "-c", MIRRORED, str(flagfile), "--strategy=mirrored",
-                           f"--model_dir={reference}"], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+EPOCHS = 3
 
-    model_dir = tmp_path / "workers"
-    args = [f"--flagfile={flagfile}", "--strategy=multi_worker", f"--model_dir={model_dir}"]
-    procs = multi_worker_local.launch(args, multi_worker_local.tf_configs(multi_worker_local.free_ports(2)),
-                                      log_dir=str(tmp_path))
-    codes = multi_worker_local.wait(procs, timeout=600)
-    logs = "\n".join((tmp_path / f"worker_{i}.log").read_text()[-2000:] for i in range(2))
-    assert codes == [0, 0], logs
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(flagfile, model dir of the one-process mirrored run); it also prepares the data once,
+    so the workers do not race to write it."""
+    root = tmp_path_factory.mktemp("multi_worker")
+    flagfile = root / "tiny.flags"
+    flagfile.write_text("\n".join(TINY + ["--num_train=16", f"--epochs={EPOCHS}", "--learning_rate=1e-12",
+                                          f"--data_dir={root / 'tfds'}"]) + "\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    model_dir = root / "mirrored"
+    done = subprocess.run([sys.executable, "-c", MIRRORED, str(flagfile), "--strategy=mirrored",
+                           f"--model_dir={model_dir}"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return flagfile, model_dir
+
+
+def _assert_same_run(model_dir, reference_dir):
     history = json.loads((model_dir / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
-    want_history = json.loads((reference / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    want_history = json.loads((reference_dir / "history.json").read_text())
     for got, want in zip(history, want_history):
         for key, value in want["train"].items():
             assert got["train"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
-    assert sorted(p.name for p in model_dir.iterdir()) == ["best", "checkpoints", "config.json", "history.json",
-                                                          "logs", "metrics.json"]
-    ours, want = checkpoint_network_weights(model_dir), checkpoint_network_weights(reference)
+    ours, want = checkpoint_network_weights(model_dir), checkpoint_network_weights(reference_dir)
     assert ours.keys() == want.keys() and ours
     for name in ours:
         np.testing.assert_allclose(ours[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _logs(log_dir):
+    return "\n".join(p.read_text()[-2000:] for p in sorted(log_dir.glob("worker_*.log")))
+
+
+def test_two_workers_train_like_one_mirrored_process(tmp_path, reference):
+    flagfile, reference_dir = reference
+    model_dir = tmp_path / "workers"
+    args = [f"--flagfile={flagfile}", "--strategy=multi_worker", f"--model_dir={model_dir}"]
+    result = multi_worker_local.supervise(args, workers=2, timeout=600, log_dir=str(tmp_path))
+    assert result["exit_codes"] == [0, 0] and result["restarts"] == 0, _logs(tmp_path)
+    # train.py says where it trains (its INFO lines reach the log under absl).
+    assert "training with MultiWorkerMirroredStrategy on 2 replica(s)" in (tmp_path / "worker_0.log").read_text()
+    _assert_same_run(model_dir, reference_dir)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["best", "checkpoints", "config.json", "history.json",
+                                                          "logs", "metrics.json"]
+
+
+def _kill_after_first_checkpoint(model_dir, victim: int):
+    """on_launch hook: in the first attempt, kills worker `victim` as soon as the chief has
+    written its epoch-1 checkpoint, i.e. while epoch 2 trains."""
+    def hook(attempt, procs):
+        if attempt:
+            return
+
+        def watch():
+            state = model_dir / "checkpoints" / "checkpoint"
+            deadline = time.time() + 600
+            while time.time() < deadline and procs[victim].poll() is None:
+                if state.exists() and "ckpt-1" in state.read_text():
+                    procs[victim].kill()
+                    return
+                time.sleep(0.01)
+        threading.Thread(target=watch, daemon=True).start()
+    return hook
+
+
+def test_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp_path, reference):
+    flagfile, reference_dir = reference
+    model_dir = tmp_path / "workers"
+    args = [f"--flagfile={flagfile}", "--strategy=multi_worker", f"--model_dir={model_dir}"]
+    result = multi_worker_local.supervise(args, workers=2, timeout=600, max_restarts=1, log_dir=str(tmp_path),
+                                          on_launch=_kill_after_first_checkpoint(model_dir, victim=1))
+    assert result["restarts"] == 1 and result["attempt_codes"][0][1] == -signal.SIGKILL, (result, _logs(tmp_path))
+    assert result["exit_codes"] == [0, 0], _logs(tmp_path)
+    resumed = re.search(r"resumed from \S+ \(epoch (\d+)\)", (tmp_path / "worker_0.restart1.log").read_text())
+    assert resumed and 1 <= int(resumed.group(1)) < EPOCHS, _logs(tmp_path)
+    _assert_same_run(model_dir, reference_dir)
 
 
 @pytest.mark.parametrize("value, message", [
