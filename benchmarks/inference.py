@@ -53,6 +53,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed runs.")
 flags.DEFINE_integer("runs", 10, "Timed runs.")
 flags.DEFINE_integer("num_threads", 2, "Threads of LiteRT and of TensorFlow's intra-op pool.")
 flags.DEFINE_boolean("xnnpack", True, "LiteRT with its default XNNPACK delegate.")
+flags.DEFINE_boolean("litert_latest_features", False, "XNNPACK with its newest opt-in features "
+                     "(the interpreter's experimental_default_delegate_latest_features).")
 flags.DEFINE_integer("num_calibration", 8, "int8 calibration images.")
 flags.DEFINE_list("litert_switches", ["arithmetic"],
                   "SegNet pooling switches of the LiteRT formats, one row each: arithmetic (XNNPACK ops, the "
@@ -129,7 +131,8 @@ def worker(fmt: str, height: int, width: int) -> dict:
     elif fmt.startswith("tflite"):
         from mtpsl_export.runners import LiteRTRunner
 
-        fn = LiteRTRunner(FLAGS.path, num_threads=FLAGS.num_threads, xnnpack=FLAGS.xnnpack)
+        fn = LiteRTRunner(FLAGS.path, num_threads=FLAGS.num_threads, xnnpack=FLAGS.xnnpack,
+                          latest_features=FLAGS.litert_latest_features)
     else:
         import tensorflow as tf
 
@@ -218,6 +221,7 @@ def run_worker(fmt: str, path: str, dataset: str, height: int, width: int) -> di
     args = [sys.executable, os.path.abspath(__file__), f"--worker={fmt}", f"--path={path}", f"--dataset={dataset}",
             f"--height={height}", f"--width={width}", f"--warmup={FLAGS.warmup}", f"--runs={FLAGS.runs}",
             f"--num_threads={FLAGS.num_threads}", f"--{'' if FLAGS.xnnpack else 'no'}xnnpack",
+            f"--{'' if FLAGS.litert_latest_features else 'no'}litert_latest_features",
             f"--backbone={FLAGS.backbone}", f"--variant={FLAGS.variant}", f"--filters={FLAGS.filters}",
             f"--model_dir={FLAGS.model_dir}", f"--torch_repo={FLAGS.torch_repo}",
             f"--which={FLAGS.which}"]
@@ -294,7 +298,8 @@ def main(argv):
           f"after {FLAGS.warmup} warm-up; XNNPACK {'on' if FLAGS.xnnpack else 'off'}\n")
     print(table(rows))
     print(json.dumps({"machine": host, "num_threads": FLAGS.num_threads, "runs": FLAGS.runs,
-                      "xnnpack": FLAGS.xnnpack, "results": rows}))
+                      "xnnpack": FLAGS.xnnpack, "litert_latest_features": FLAGS.litert_latest_features,
+                      "results": rows}))
 
 
 def _size_mb(path: str) -> float:

@@ -80,12 +80,14 @@ class LiteRTRunner:
         num_threads: interpreter threads (None: LiteRT's default).
         xnnpack: False uses the builtin kernels without default delegates (for comparison).
         content: the flatbuffer bytes instead of a file.
+        latest_features: XNNPACK with its newest (opt-in) features
+            (`experimental_default_delegate_latest_features`); measured in docs/EXPORT.md.
     """
 
     kind = "tflite"
 
     def __init__(self, path: Optional[str], num_threads: Optional[int] = None, xnnpack: bool = True,
-                 content: Optional[bytes] = None):
+                 content: Optional[bytes] = None, latest_features: bool = False):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = path or "<flatbuffer>"
@@ -95,7 +97,8 @@ class LiteRTRunner:
         if xnnpack:
             try:
                 self.interpreter = Interpreter(model_path=path, model_content=content, num_threads=num_threads,
-                                               experimental_op_resolver_type=OpResolverType.AUTO)
+                                               experimental_op_resolver_type=OpResolverType.AUTO,
+                                               experimental_default_delegate_latest_features=latest_features)
                 self.interpreter.allocate_tensors()  # XNNPACK prepares its nodes here
             except RuntimeError as err:
                 # XNNPACK refuses some int8 graphs (e.g. dilated convolutions of the ResNet
