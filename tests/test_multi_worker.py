@@ -83,7 +83,7 @@ def test_two_workers_train_like_one_mirrored_process(tmp_path, reference):
     result = multi_worker_local.supervise(args, workers=2, timeout=600, log_dir=str(tmp_path))
     assert result["exit_codes"] == [0, 0] and result["restarts"] == 0, _logs(tmp_path)
     # train.py says where it trains (its INFO lines reach the log under absl).
-    assert "training with MultiWorkerMirroredStrategy on 2 replica(s)" in (tmp_path / "worker_0.log").read_text()
+    assert "training with --strategy=multi_worker (CollectiveAllReduceStrategy) on 2 replica(s)" in (tmp_path / "worker_0.log").read_text()
     _assert_same_run(model_dir, reference_dir)
     assert sorted(p.name for p in model_dir.iterdir()) == ["best", "checkpoints", "config.json", "history.json",
                                                           "logs", "metrics.json"]

@@ -183,7 +183,7 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
 
 def _run(config: ExperimentConfig, model_dir: str) -> Dict[str, object]:
     strategy = make_strategy(config.train.strategy)
-    _log_devices(strategy)
+    _log_devices(strategy, config.train.strategy)
     if strategy.extended.should_checkpoint:
         return _train(config, strategy, model_dir, model_dir)
     # Not the chief of a multi-worker run: it writes its checkpoints, logs and metrics into a
@@ -252,11 +252,12 @@ def _train(config: ExperimentConfig, strategy, model_dir: str, out_dir: str) -> 
     return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir)
 
 
-def _log_devices(strategy: tf.distribute.Strategy) -> None:
+def _log_devices(strategy: tf.distribute.Strategy, name: str) -> None:
     """Says where the run trains (a GPU machine that trains on its CPU is easy to miss)."""
     gpus = tf.config.list_physical_devices("GPU")
-    log.info("training with %s on %d replica(s); GPUs visible to TensorFlow: %s", type(strategy).__name__,
-             strategy.num_replicas_in_sync, ", ".join(g.name for g in gpus) or "none (training on the CPU)")
+    log.info("training with --strategy=%s (%s) on %d replica(s); GPUs visible to TensorFlow: %s", name,
+             type(strategy).__name__, strategy.num_replicas_in_sync,
+             ", ".join(g.name for g in gpus) or "none (training on the CPU)")
 
 
 def _eval_epochs(config: ExperimentConfig, initial_epoch: int):
