@@ -159,3 +159,9 @@ class Saliency(BinaryLogitTask):
 
     def make_metric(self):
         return SaliencyMetrics(name=f"{self.name}_metrics")
+
+    def paper_scorer(self, workers: int = 1):
+        """MTL-PyTorch's eval_sal on the saved 8-bit PNG (metrics/original_size.py)."""
+        from mtpsl_tf.metrics.original_size import SaliencyScorer
+
+        return SaliencyScorer()
