@@ -32,6 +32,7 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from mtpsl_tf.metrics.thinning import thin
 
@@ -163,12 +164,6 @@ def _image_job(args):
     return image_counts(prob, label, thresholds, max_dist, thin_labels)
 
 
-def _progress(done: int, total: int, enabled: bool) -> None:
-    if enabled:
-        print(f"\rods_f: {done}/{total} images", end="\n" if done == total else "", file=sys.stderr,
-              flush=True)
-
-
 def dataset_counts(probabilities: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                    thresholds: Sequence[float], max_dist: float = DEFAULT_MAX_DIST,
                    thin_labels: bool = True, workers: int = 1, progress: bool = False) -> np.ndarray:
@@ -188,9 +183,9 @@ def dataset_counts(probabilities: Sequence[np.ndarray], labels: Sequence[np.ndar
         pool = multiprocessing.get_context("spawn").Pool(min(workers, n))
         results = pool.imap(_image_job, jobs, chunksize=1)
     try:
-        for i, counts in enumerate(results, 1):
+        for counts in tqdm(results, total=n, desc="edge odsF", unit="image", disable=not progress,
+                           file=sys.stderr):
             total += counts
-            _progress(i, n, progress)
     finally:
         if pool is not None:
             pool.close()
@@ -210,7 +205,7 @@ def ods_f(probabilities: Sequence[np.ndarray], labels: Sequence[np.ndarray],
         max_dist: tolerance as a fraction of each image's diagonal (seism: 0.0075).
         num_thresholds: K (99: 0.01, ..., 0.99).
         workers: processes scoring images in parallel (1: in this process).
-        progress: print a progress line to stderr.
+        progress: show a progress bar (tqdm, stderr).
         thin_labels: thin the ground truth first (edgesEvalImg does).
 
     Returns:
