@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -237,5 +237,4 @@ def ods_f(probabilities: Sequence[np.ndarray], labels: Sequence[np.ndarray],
             "counts": counts.tolist()}
 
 
-__all__: List[str] = ["DEFAULT_MAX_DIST", "image_counts", "ods_f", "precision_recall",
-                      "seism_thresholds", "thin"]
+__all__ = ("DEFAULT_MAX_DIST", "image_counts", "ods_f", "precision_recall", "seism_thresholds", "thin")
