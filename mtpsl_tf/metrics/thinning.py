@@ -51,17 +51,22 @@ def thin(binary: np.ndarray) -> np.ndarray:
     padded = np.zeros((height + 2, stride), np.uint8)
     padded[1:-1, 1:-1] = binary
     flat = padded.reshape(-1)
-    # Flat offsets of x1..x8 and their bit weights.
-    offsets = np.array([1, 1 - stride, -stride, -stride - 1, -1, stride - 1, stride, stride + 1])
-    weights = (1 << np.arange(8)).astype(np.int32)
+    # Flat offsets of x1..x8 (bit i - 1 of the code).
+    offsets = (1, 1 - stride, -stride, -stride - 1, -1, stride - 1, stride, stride + 1)
     tables = guo_hall_tables()
+
+    def codes_of(pixels):
+        codes = np.zeros(pixels.size, np.uint8)
+        for bit, offset in enumerate(offsets):
+            codes |= flat[pixels + offset] << np.uint8(bit)
+        return codes
+
     alive = np.flatnonzero(flat)
     changed = alive.size > 0
     while changed:
         changed = False
         for table in tables:
-            codes = flat[alive[:, None] + offsets[None, :]].astype(np.int32) @ weights
-            delete = table[codes]
+            delete = table[codes_of(alive)]
             if delete.any():
                 # Parallel step: every code was read before any deletion.
                 flat[alive[delete]] = 0
