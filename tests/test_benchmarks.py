@@ -58,3 +58,9 @@ def test_gpu_suite_smoke():
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["method"] for r in rows] == ["sl", "mtpsl"]
     assert all(r["step_s"] > 0 and "peak_gpu_mb" in r for r in rows)
+
+
+def test_edge_ods_benchmark():
+    report = _run("edge_ods.py", "--size=48", "--images=1", "--pyedgeeval")
+    assert report["ours_s_per_image"] > 0 and report["speedup"] > 0
+    assert report["max_abs_count_difference"]["sumR"] == 0

@@ -56,7 +56,7 @@ def test_edge_loss_fixed_pos_weight_hand_values():
 
 def test_saliency_loss_weight_from_each_image_hand_values():
     logits, labels, pos0, neg0 = bce_case()
-    total, count = Saliency().loss_terms(logits, labels)
+    total, count = Saliency(weight_over="image").loss_terms(logits, labels)
     # Image 0: 2 negatives of 3 valid -> w = 2/3.  Image 2: 1 of 2 -> w = 1/2.
     np.testing.assert_allclose(total.numpy(), [2 / 3 * pos0 + 1 / 3 * neg0, 0.0, 100.0], rtol=1e-6)
     np.testing.assert_array_equal(count.numpy(), [3.0, 0.0, 2.0])
@@ -66,12 +66,39 @@ def test_saliency_one_sided_image_has_zero_loss():
     """Per-image weight: all-negative image -> w = 1, so only positives (none) count."""
     logits = tf.constant(as_map([[[3.0, -2.0]], [[3.0, -2.0]]]))
     labels = tf.constant(as_map([[[0, 0]], [[1, 1]]]))
-    total, count = Saliency().loss_terms(logits, labels)
+    total, count = Saliency(weight_over="image").loss_terms(logits, labels)
     np.testing.assert_array_equal(total.numpy(), [0.0, 0.0])
     np.testing.assert_array_equal(count.numpy(), [2.0, 2.0])
     edge_total = Edge().loss_terms(logits, labels)[0].numpy()  # the fixed weight still counts
     np.testing.assert_allclose(edge_total, [0.05 * (softplus(3) + softplus(-2)),
                                             0.95 * (softplus(-3) + softplus(2))], rtol=1e-6)
+
+
+def test_saliency_loss_weight_from_the_batch_hand_values():
+    """Default (the reference): w over the batch's valid pixels, 3 negatives of 5 -> w = 3/5;
+    image 2: bce 100 on its positive and on its negative pixel -> 3/5 * 100 + 2/5 * 100."""
+    logits, labels, pos0, neg0 = bce_case()
+    total, count = Saliency().loss_terms(logits, labels)
+    np.testing.assert_allclose(total.numpy(), [3 / 5 * pos0 + 2 / 5 * neg0, 0.0, 100.0], rtol=1e-6)
+    np.testing.assert_array_equal(count.numpy(), [3.0, 0.0, 2.0])
+    # A one-sided image still learns when the batch is not one-sided.
+    one_sided = Saliency().loss_terms(tf.constant(as_map([[[3.0, -2.0]], [[3.0, -2.0]]])),
+                                      tf.constant(as_map([[[0, 0]], [[1, 1]]])))[0].numpy()
+    np.testing.assert_allclose(one_sided, [0.5 * (softplus(3) + softplus(-2)),
+                                           0.5 * (softplus(-3) + softplus(2))], rtol=1e-6)
+    with pytest.raises(ValueError, match="weight_over"):
+        Saliency(weight_over="pixel")
+
+
+def test_saliency_batch_weight_matches_reference_on_a_batch():
+    """sl's per-image reduction with the batch weight equals the reference's batch loss
+    (BalancedCrossEntropyLoss(size_average=True) over B images, no void pixels)."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(scale=3, size=(3, 5, 6, 1))
+    labels = (rng.uniform(size=(3, 5, 6, 1)) > rng.uniform(0.3, 0.9, size=(3, 1, 1, 1))).astype(np.float64)
+    value = masked_task_loss(Saliency(), tf.constant(logits, tf.float32), tf.constant(labels, tf.float32),
+                             tf.ones([3]), global_batch_size=3, reduction="per_image")
+    np.testing.assert_allclose(float(value), reference_balanced_bce(logits, labels), rtol=1e-5)
 
 
 def reference_balanced_bce(output, label, pos_weight=None):

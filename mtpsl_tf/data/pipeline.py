@@ -5,9 +5,10 @@ example's own size; the `train_policy` (AUGMENTATIONS) augments training example
 the two views of MTPSL), the `test_policy` transforms test examples and, with augmentation
 off, training examples. NYU-v2 / Cityscapes / synthetic: the MTAN scripts' scale-crop, test
 examples unchanged. PASCAL-Context: Multi-Task-Learning-PyTorch's flip / scale / rotate and a
-fixed resize to 512 x 512 (`augment_pascal`); evaluation is at that size, the reference's
-validation resolution. (Their final evaluation resizes predictions back to each image's
-original size and scores there; we do not do that yet.)
+fixed resize to 512 x 512 (`augment_pascal`); evaluation during training is at that size, the
+reference's validation resolution. Their final evaluation resizes predictions back to each
+image's original size and scores there: `original_size_test_dataset` yields the labels at that
+size too (`python -m mtpsl_tf.evaluate --protocol=paper`).
 
 Training order and augmentation depend only on (seed, epoch, example index), so a run
 resumed at epoch e sees exactly the batches an uninterrupted run would.
@@ -287,6 +288,28 @@ def test_dataset(bundle: DataBundle, batch_size: int) -> tf.data.Dataset:
     if bundle.spec.cacheable:
         ds = ds.cache()
     return _shard_by_data(ds).prefetch(tf.data.AUTOTUNE)
+
+
+def _keep_original_labels(element, transform):
+    original = dict(element["labels"])
+    if transform is not None:
+        element = _apply_test_transform(element, transform)
+    element["original_labels"] = original
+    return element
+
+
+def original_size_test_dataset(bundle: DataBundle) -> tf.data.Dataset:
+    """Unbatched test examples, in the builder's order: "image" and "labels" after the test
+    policy (the network's size, as `test_dataset`) plus "original_labels", each task's label
+    at the example's own size before any resize (the `paper` evaluation protocol). Examples
+    differ in original size, so they are not batched."""
+    tasks = bundle.tasks
+    to_contract = _contract(bundle.spec)
+    fixed = _test_transform(bundle)
+    ds = bundle.builder.as_dataset(split="test", shuffle_files=False)
+    ds = ds.map(lambda e: to_contract(e, tasks), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda e: _keep_original_labels(e, fixed), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(bundle: DataBundle, batch_size: int, cap: int = 0) -> int:

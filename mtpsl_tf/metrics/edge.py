@@ -26,7 +26,8 @@ What `EdgeMetrics` does instead (streaming, tf ops only, works under tf.function
 Many-to-one matches make precision and recall optimistic for thick or duplicated edges, while
 the missing thinning penalises thick edges in sumP; numbers are therefore CLOSE TO BUT NOT
 IDENTICAL WITH the published (seism) ones. Treat them as a proxy for model selection and
-comparisons within this code base.
+comparisons within this code base; `ods_f` (boundary.py, re-exported here) is the protocol's
+numpy implementation, used by `python -m mtpsl_tf.evaluate --protocol=paper`.
 
 Special cases follow seism's `gather_measure`: with no ground-truth pixel in the dataset,
 R = 1 and P = 0; with no predicted pixel at a threshold, R = 0 and P = 1; F = 0 when P + R = 0.
@@ -42,11 +43,11 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import _common
+from mtpsl_tf.metrics.boundary import DEFAULT_MAX_DIST, ods_f  # noqa: F401  (ods_f re-exported)
 from mtpsl_tf.metrics.saliency import check_thresholds, threshold_counts
 
 # seism parameters written by MTL-PyTorch's eval_edge_predictions: 0.01, 0.02, ..., 0.99.
 EDGE_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
-DEFAULT_MAX_DIST = 0.0075  # seism's maxDist for the 'PASCALContext' database, x image diagonal
 _NOTHING = -1.0  # below every probability and indicator: "no value here"
 
 

@@ -84,6 +84,16 @@ class Task(abc.ABC):
     def visualise(self, value: tf.Tensor) -> tf.Tensor:
         """Prediction or label `[B,H,W,C]` -> displayable `[B,H,W,3]` float in [0,1]."""
 
+    def paper_scorer(self, workers: int = 1):
+        """A scorer of the `paper` evaluation protocol (`metrics/original_size.py`): how one
+        image's network output is resized to its label's original size and scored there.
+        Default: bilinear resize and this task's streaming metric. `workers`: processes a
+        scorer may use (the edge odsF)."""
+        from mtpsl_tf.metrics.original_size import StreamingScorer
+
+        del workers
+        return StreamingScorer(self)
+
     # ------------------------------------------------------------------ label geometry
     @classmethod
     def mirror_label_values(cls, label: tf.Tensor) -> tf.Tensor:

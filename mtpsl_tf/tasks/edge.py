@@ -48,3 +48,9 @@ class Edge(BinaryLogitTask):
 
     def make_metric(self):
         return EdgeMetrics(max_dist=self.max_dist, name=f"{self.name}_metrics")
+
+    def paper_scorer(self, workers: int = 1):
+        """seism's odsF (`metrics.boundary`) on the saved 8-bit PNG, in `workers` processes."""
+        from mtpsl_tf.metrics.original_size import EdgeScorer
+
+        return EdgeScorer(self.max_dist, workers=workers, progress=True)

@@ -77,6 +77,12 @@ class Normal(Task):
         total = tf.reduce_sum(tf.abs(unit - label) * valid, axis=[1, 2, 3])
         return total, 3.0 * tf.reduce_sum(valid, axis=[1, 2, 3])
 
+    def paper_scorer(self, workers: int = 1):
+        """MTL-PyTorch's eval_normals on the saved 8-bit PNG (metrics/original_size.py)."""
+        from mtpsl_tf.metrics.original_size import NormalScorer
+
+        return NormalScorer()
+
     def make_metric(self):
         return NormalMetrics(name=f"{self.name}_metrics")
 

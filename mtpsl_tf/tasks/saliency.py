@@ -17,7 +17,11 @@ IGNORE = -1.0
 _IGNORE_COLOUR = (0.1, 0.1, 0.5)  # labels: ignored pixels in dark blue (black = negative)
 
 
-def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None):
+# Where the balanced cross-entropy's weight w = #negatives / #valid pixels is counted.
+WEIGHT_OVER = ("batch", "image")
+
+
+def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None, weight_over: str = "image"):
     """Per-image terms of MTL-PyTorch's BalancedCrossEntropyLoss, on logits.
 
     Per pixel, bce = max(x, 0) - x * y + log(1 + exp(-|x|)) (the reference's numerically stable
@@ -25,8 +29,9 @@ def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None):
     (-1 = ignore) take no part. Per image:
         numerator = w * sum_{positives} bce + (1 - w) * sum_{negatives} bce
         count     = number of non-ignored pixels
-    w = `pos_weight` if given, else #negatives / #non-ignored pixels of THAT IMAGE (HED-style;
-    the reference computes it over the whole batch).
+    w = `pos_weight` if given, else #negatives / #non-ignored pixels counted over the whole
+    (replica's) batch (`weight_over="batch"`, the reference's BalancedCrossEntropyLoss) or over
+    THAT IMAGE (`"image"`, HED-style).
 
     The reference's size_average divides the batch sum by every label element (B*H*W); per image
     that is H*W, which equals `count` whenever no pixel is ignored (its PASCAL pipeline resizes,
@@ -36,6 +41,7 @@ def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None):
     Args:
         logits, label: float `[B, H, W, 1]`.
         pos_weight: None or a float in (0, 1).
+        weight_over: "batch" or "image" (used when pos_weight is None).
 
     Returns:
         (numerator, count), float32 `[B]` each.
@@ -50,8 +56,12 @@ def balanced_bce_terms(logits: tf.Tensor, label: tf.Tensor, pos_weight=None):
     loss_pos = tf.reduce_sum(bce * positive, axis=axes)
     loss_neg = tf.reduce_sum(bce * negative, axis=axes)
     count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=axes)
-    if pos_weight is None:
+    if pos_weight is None and weight_over == "batch":
+        weight = tf.math.divide_no_nan(tf.reduce_sum(negative), tf.reduce_sum(count)) * tf.ones_like(count)
+    elif pos_weight is None and weight_over == "image":
         weight = tf.math.divide_no_nan(tf.reduce_sum(negative, axis=axes), count)
+    elif pos_weight is None:
+        raise ValueError(f"balanced_bce_terms: weight_over must be one of {WEIGHT_OVER}, got {weight_over!r}")
     else:
         weight = tf.fill(tf.shape(count), tf.constant(pos_weight, tf.float32))
     return weight * loss_pos + (1.0 - weight) * loss_neg, count
@@ -117,25 +127,41 @@ class Saliency(BinaryLogitTask):
 
     Head: 1 channel, activation "linear": the model outputs LOGITS; the metric and `visualise`
     apply the sigmoid. Labels: float32 `[B,H,W,1]`, 1 salient, 0 not, -1 ignore.
-    Loss of one image: `balanced_bce_terms` with w = the image's fraction of negative pixels
-    (the reference's BalancedCrossEntropyLoss(size_average=True) computes w per BATCH; here it is
-    per IMAGE so that images can be averaged independently), over its non-ignored pixels.
-    Consequence of the per-image weight: an image whose valid pixels are all negative (w = 1) or
-    all positive (w = 0) has zero loss and gives no gradient; in the reference that only happens
-    when the whole batch is one-sided.
+    Loss of one image: `balanced_bce_terms` over its non-ignored pixels with w = the fraction of
+    negative pixels among the valid pixels of the whole batch (`weight_over="batch"`, the default:
+    the reference's BalancedCrossEntropyLoss(size_average=True)) or of the image alone
+    (`"image"`). The batch is the replica's batch as passed to `loss_terms`, every image of it:
+    `loss_terms` does not see the label masks, so in partial-label settings the labels of
+    images not labelled for saliency also enter w (they are real labels, only not used as
+    supervision). With the per-image weight an image whose valid pixels are all negative (w = 1)
+    or all positive (w = 0) has zero loss and gives no gradient; per batch that only happens when
+    the whole batch is one-sided.
     Metrics: `SaliencyMetrics` (`miou` over the 15 thresholds 0.2..0.9, as reported by MTPSL's
     PASCAL table, and `maxF`).
+
+    Args:
+        name: task name.
+        weight_over: "batch" (the reference) or "image": where w is counted.
     """
 
     kind = "saliency"
     metric_directions = {"miou": HIGHER, "maxF": HIGHER}
     primary_metric = "miou"
 
-    def __init__(self, name: str = "sal"):
+    def __init__(self, name: str = "sal", weight_over: str = "batch"):
+        if weight_over not in WEIGHT_OVER:
+            raise ValueError(f"task {name!r}: weight_over must be one of {WEIGHT_OVER}, got {weight_over!r}")
         self.name = name
+        self.weight_over = weight_over
 
     def loss_terms(self, pred, label):
-        return balanced_bce_terms(pred, label, pos_weight=None)
+        return balanced_bce_terms(pred, label, pos_weight=None, weight_over=self.weight_over)
 
     def make_metric(self):
         return SaliencyMetrics(name=f"{self.name}_metrics")
+
+    def paper_scorer(self, workers: int = 1):
+        """MTL-PyTorch's eval_sal on the saved 8-bit PNG (metrics/original_size.py)."""
+        from mtpsl_tf.metrics.original_size import SaliencyScorer
+
+        return SaliencyScorer()

@@ -91,6 +91,13 @@ class Semantic(Task):
     def make_metric(self):
         return ConfusionMatrix(self.num_classes, name=f"{self.name}_confusion")
 
+    def paper_scorer(self, workers: int = 1):
+        """MTL-PyTorch's eval_semseg / eval_human_parts (argmax, nearest resize, mIoU over all
+        classes)."""
+        from mtpsl_tf.metrics.original_size import SegmentationScorer
+
+        return SegmentationScorer(self.num_classes, skip_uniform=self.unannotated_when_all_zero)
+
     def update_metric(self, metric, label, pred):
         metric.update_state(tf.cast(label, tf.int32), tf.argmax(pred, axis=-1, output_type=tf.int32))
 

@@ -284,7 +284,9 @@ def _truncate_history(model_dir: str, epoch: int) -> None:
 def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir) -> Dict[str, object]:
     """Evaluates the last and the best model; writes metrics.json atomically."""
     last = _evaluate(model, test_ds)
-    report = {"dataset": config.data.dataset, "setting": config.data.setting, "method": config.method.method,
+    # "training": streaming metrics at the network's input size (docs/EVALUATION.md).
+    report = {"protocol": "training", "dataset": config.data.dataset, "setting": config.data.setting,
+              "method": config.method.method,
               "epochs": int(ckpt.epoch.numpy()), "stl_reference": reference,
               "last": {"metrics": last, "delta_mtl": delta_lib.compute(last, tasks, reference)}}
     if best_manager.latest_checkpoint:
