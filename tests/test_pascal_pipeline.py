@@ -575,3 +575,42 @@ def test_train_py_on_pascal_context_end_to_end(prepared, tmp_path):
     # the total is the weighted sum of the named (unweighted) task losses
     weights = {"semseg": 1, "human_parts": 2, "normals": 10, "sal": 5, "edge": 50}
     assert train["total"] == pytest.approx(sum(w * train[f"{t}_loss"] for t, w in weights.items()), rel=1e-3)
+
+
+def test_mtpsl_on_resnet18_aspp_trains_evaluates_and_exports(prepared, tmp_path):
+    """train.py --method=mtpsl --backbone=resnet18_aspp on the fake release (two views from the
+    mtl_pytorch policy, the ResNet-18 mapping net), metrics of all five tasks, and a SavedModel
+    export holding the network alone (no mapping net / FiLM variables)."""
+    import subprocess
+    import sys
+
+    from mtpsl_export.export import export_model
+
+    data_dir, _ = prepared
+    model_dir = tmp_path / "run"
+    flags = ["--dataset=pascal_context", f"--data_dir={data_dir}", "--backbone=resnet18_aspp",
+             "--filters=4,4,8,8,8", "--height=32", "--width=32", "--setting=randomlabels", "--method=mtpsl",
+             "--con_weight=1.0", "--batch_size=2", "--eval_batch_size=2",
+             "--epochs=1", "--lr_schedule=poly", "--verbose=0", "--tensorboard_images=0", f"--model_dir={model_dir}"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "train.py"), *flags], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model_dir / "metrics.json").read_text())
+    assert {"semseg/miou", "human_parts/miou", "normals/mean", "sal/miou", "edge/odsF"} <= set(report["last"]["metrics"])
+    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
+    assert train["consistency"] > 0 and np.isfinite(train["total"])
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+    names = list(reader.get_variable_to_shape_map())
+    assert any(n.startswith("method_0/") and "film" in n for n in names)  # the mapping net's FiLM tables
+    assert any(n.startswith("optimizer_film/") for n in names)
+
+    out = tmp_path / "export"
+    export_model(str(model_dir), str(out), formats=("saved_model",), num_verify=2, which="latest")
+    from mtpsl_tf.training.restore import load_network
+
+    names = [name for name, _ in tf.train.list_variables(str(out / "saved_model" / "variables" / "variables"))]
+    network = load_network(str(model_dir), which="latest").network
+    # exactly the network's variables: nothing of the method's (mapping net, FiLM tables)
+    assert len([n for n in names if n.endswith("VARIABLE_VALUE")]) == len(network.variables)
+    assert not [n for n in names if "film" in n.lower() or "mapping" in n.lower() or "method_" in n], names
