@@ -89,7 +89,8 @@ def np_annotated(name, label):
 
 
 def np_cos_distance(a, b):
-    cos = (a * b).sum(-1) / (np.maximum(np.linalg.norm(a, axis=-1), 1e-12) * np.maximum(np.linalg.norm(b, axis=-1), 1e-12))
+    norms = np.maximum(np.linalg.norm(a, axis=-1), 1e-12) * np.maximum(np.linalg.norm(b, axis=-1), 1e-12)
+    cos = (a * b).sum(-1) / norms
     return 1.0 - cos.mean()
 
 

@@ -463,9 +463,10 @@ def test_no_augmentation_uses_the_test_transform(prepared):
 
 
 def _numpy_crop_nearest(x, top, left, crop_h, crop_w, out_h, out_w):
-    rows = top + np.minimum(np.floor(np.arange(out_h, dtype=np.float32) * np.float32(crop_h / out_h)).astype(int), crop_h - 1)
-    cols = left + np.minimum(np.floor(np.arange(out_w, dtype=np.float32) * np.float32(crop_w / out_w)).astype(int), crop_w - 1)
-    return x[rows][:, cols]
+    def source(start, size, out):  # PyTorch 'nearest', in float32
+        index = np.floor(np.arange(out, dtype=np.float32) * np.float32(size / out)).astype(int)
+        return start + np.minimum(index, size - 1)
+    return x[source(top, crop_h, out_h)][:, source(left, crop_w, out_w)]
 
 
 def _numpy_crop_bilinear(x, top, left, crop_h, crop_w, out_h, out_w):
@@ -597,7 +598,8 @@ def test_mtpsl_on_resnet18_aspp_trains_evaluates_and_exports(prepared, tmp_path)
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((model_dir / "metrics.json").read_text())
-    assert {"semseg/miou", "human_parts/miou", "normals/mean", "sal/miou", "edge/odsF"} <= set(report["last"]["metrics"])
+    metrics = set(report["last"]["metrics"])
+    assert {"semseg/miou", "human_parts/miou", "normals/mean", "sal/miou", "edge/odsF"} <= metrics
     train = json.loads((model_dir / "history.json").read_text())[0]["train"]
     assert train["consistency"] > 0 and np.isfinite(train["total"])
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
