@@ -5,7 +5,8 @@ initialises. The SegNet runs in inference mode (its BatchNorm would otherwise us
 per-replica batch statistics, as PyTorch DataParallel does, which legitimately differ);
 the mapping net runs in training mode, whose per-item statistics do not depend on how the
 batch is split. Tasks without Gumbel sampling (whose noise is per replica): depth + normal on
-the SegNet; PASCAL's normals + saliency + edge on resnet18_aspp (the ResNet-18 mapping net).
+the SegNet; PASCAL's normals + edge (per-image loss weights) and depth on resnet18_aspp (the
+ResNet-18 mapping net).
 """
 
 import subprocess
@@ -27,7 +28,6 @@ SCRIPT = textwrap.dedent("""
     from mtpsl_tf.tasks.depth import Depth
     from mtpsl_tf.tasks.edge import Edge
     from mtpsl_tf.tasks.normal import Normal
-    from mtpsl_tf.tasks.saliency import Saliency
 
     import keras
     keras.utils.set_random_seed(0)  # deterministic initial weights
@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
     config.method.method, config.data.setting = "mtpsl", "onelabel"
     backbone = sys.argv[1]
     config.model.backbone = backbone
-    tasks = [Depth(), Normal()] if backbone == "segnet" else [Normal("normals", loss="l1"), Saliency(), Edge()]
+    tasks = [Depth(), Normal()] if backbone == "segnet" else [Normal("normals", loss="l1"), Edge(), Depth()]
     method = MTPSL(config, tasks)
     network = BACKBONES.get(backbone)({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
     network(tf.zeros([1, 32, 32, 3]))
@@ -57,9 +57,10 @@ SCRIPT = textwrap.dedent("""
         mask = {"depth": np.array([1, 0, 0, 1], "float32"), "normal": np.array([0, 1, 1, 0], "float32")}
     else:
         def labels():
-            return {"normals": normals(B), "sal": binary(B), "edge": binary(B)}
-        mask = {"normals": np.array([1, 0, 0, 1], "float32"), "sal": np.array([0, 1, 0, 1], "float32"),
-                "edge": np.array([0, 0, 1, 0], "float32")}
+            return {"normals": normals(B), "edge": binary(B),
+                    "depth": rng.uniform(0.5, 3, [B, 32, 32, 1]).astype("float32")}
+        mask = {"normals": np.array([1, 0, 0, 1], "float32"), "edge": np.array([0, 1, 0, 1], "float32"),
+                "depth": np.array([0, 0, 1, 0], "float32")}
     batch = {
         "image": rng.uniform(size=[B, 32, 32, 3]).astype("float32"),
         "image_aug": rng.uniform(size=[B, 32, 32, 3]).astype("float32"),
