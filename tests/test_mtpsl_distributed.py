@@ -4,14 +4,19 @@ Runs in a subprocess because logical devices must be configured before TensorFlo
 initialises. The SegNet runs in inference mode (its BatchNorm would otherwise use
 per-replica batch statistics, as PyTorch DataParallel does, which legitimately differ);
 the mapping net runs in training mode, whose per-item statistics do not depend on how the
-batch is split. Depth + normal tasks (no Gumbel sampling, whose noise is per replica).
+batch is split. Tasks without Gumbel sampling (whose noise is per replica): depth + normal on
+the SegNet; PASCAL's normals + edge (per-image loss weights) and depth on resnet18_aspp (the
+ResNet-18 mapping net).
 """
 
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
+    import sys
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -19,17 +24,20 @@ SCRIPT = textwrap.dedent("""
 
     from mtpsl_tf.config import ExperimentConfig
     from mtpsl_tf.methods.mtpsl import MTPSL
-    from mtpsl_tf.models.segnet import SegNet
+    from mtpsl_tf.models.registry import BACKBONES
     from mtpsl_tf.tasks.depth import Depth
+    from mtpsl_tf.tasks.edge import Edge
     from mtpsl_tf.tasks.normal import Normal
 
     import keras
     keras.utils.set_random_seed(0)  # deterministic initial weights
     config = ExperimentConfig()
     config.method.method, config.data.setting = "mtpsl", "onelabel"
-    tasks = [Depth(), Normal()]
+    backbone = sys.argv[1]
+    config.model.backbone = backbone
+    tasks = [Depth(), Normal()] if backbone == "segnet" else [Normal("normals", loss="l1"), Edge(), Depth()]
     method = MTPSL(config, tasks)
-    network = SegNet({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
+    network = BACKBONES.get(backbone)({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
     network(tf.zeros([1, 32, 32, 3]))
     method.build(network)
     groups = method.variable_groups(network)
@@ -40,13 +48,23 @@ SCRIPT = textwrap.dedent("""
     def normals(n):
         v = rng.normal(size=[n, 32, 32, 3]).astype("float32")
         return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    def binary(n):
+        return rng.integers(-1, 2, [n, 32, 32, 1]).astype("float32")
     B = 4
+    if backbone == "segnet":
+        def labels():
+            return {"depth": rng.uniform(0.5, 3, [B, 32, 32, 1]).astype("float32"), "normal": normals(B)}
+        mask = {"depth": np.array([1, 0, 0, 1], "float32"), "normal": np.array([0, 1, 1, 0], "float32")}
+    else:
+        def labels():
+            return {"normals": normals(B), "edge": binary(B),
+                    "depth": rng.uniform(0.5, 3, [B, 32, 32, 1]).astype("float32")}
+        mask = {"normals": np.array([1, 0, 0, 1], "float32"), "edge": np.array([0, 1, 0, 1], "float32"),
+                "depth": np.array([0, 0, 1, 0], "float32")}
     batch = {
         "image": rng.uniform(size=[B, 32, 32, 3]).astype("float32"),
         "image_aug": rng.uniform(size=[B, 32, 32, 3]).astype("float32"),
-        "labels": {"depth": rng.uniform(0.5, 3, [B, 32, 32, 1]).astype("float32"), "normal": normals(B)},
-        "labels_aug": {"depth": rng.uniform(0.5, 3, [B, 32, 32, 1]).astype("float32"), "normal": normals(B)},
-        "label_mask": {"depth": np.array([1, 0, 0, 1], "float32"), "normal": np.array([0, 1, 1, 0], "float32")},
+        "labels": labels(), "labels_aug": labels(), "label_mask": mask,
     }
     batch = tf.nest.map_structure(tf.constant, batch)
 
@@ -81,7 +99,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_mirrored_mtpsl_equals_single_device():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("backbone", ["segnet", "resnet18_aspp"])
+def test_mirrored_mtpsl_equals_single_device(backbone):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, backbone], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "OK" in result.stdout

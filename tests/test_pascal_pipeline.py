@@ -462,12 +462,89 @@ def test_no_augmentation_uses_the_test_transform(prepared):
     assert batches[0]["image"].shape == (4, 64, 48, 3)
 
 
-def test_two_views_are_refused_for_pascal(prepared):
+def _numpy_crop_nearest(x, top, left, crop_h, crop_w, out_h, out_w):
+    def source(start, size, out):  # PyTorch 'nearest', in float32
+        index = np.floor(np.arange(out, dtype=np.float32) * np.float32(size / out)).astype(int)
+        return start + np.minimum(index, size - 1)
+    return x[source(top, crop_h, out_h)][:, source(left, crop_w, out_w)]
+
+
+def _numpy_crop_bilinear(x, top, left, crop_h, crop_w, out_h, out_w):
+    """PyTorch bilinear, align_corners=True, of the window (numpy transcription)."""
+    def taps(start, size, out):
+        src = np.arange(out) * ((size - 1) / (out - 1))
+        i0 = np.minimum(np.floor(src).astype(int), size - 1)
+        i1 = np.minimum(i0 + 1, size - 1)
+        return start + i0, start + i1, src - i0
+    r0, r1, wr = taps(top, crop_h, out_h)
+    c0, c1, wc = taps(left, crop_w, out_w)
+    wc = wc[None, :, None]
+    upper = x[r0][:, c0] * (1 - wc) + x[r0][:, c1] * wc
+    lower = x[r1][:, c0] * (1 - wc) + x[r1][:, c1] * wc
+    return upper * (1 - wr[:, None, None]) + lower * wr[:, None, None]
+
+
+@pytest.mark.parametrize("person", [True, False])
+def test_two_views_view2_is_a_scale_crop_of_view1(person):
+    """mtl_pytorch two views: view 1 = the training transform; view 2 = MTPSL's random
+    scale-crop of view 1 with every label kind resampled as its task says (numpy transcription)."""
+    image, labels = random_example(40, 56, seed=4, person=person)
+    size = (48, 40)
+    two = AUGMENTATIONS.get("mtl_pytorch").make_two_views(size, True)
+    key = tf.constant([5, 11], tf.int64)
+    image1, labels1, image2, labels2 = two(image, labels, key)
+    seeds = tf.random.experimental.stateless_split(key, num=2)
+    want1 = ap.TrainTransform(size=size)(image, labels, seeds[0])
+    np.testing.assert_array_equal(image1.numpy(), want1[0].numpy())
+    for k in TASKS:
+        np.testing.assert_array_equal(labels1[k].numpy(), want1[1][k].numpy())
+    seen_scales = set()
+    for s in range(8):  # several crops (scale 1 included with high probability)
+        seed = tf.constant([s, 3], tf.int64)
+        got_image, got = pascal_second_view(image1, labels1, seed)
+        scale, ch, cw, top, left = (v.numpy() for v in augment.scale_crop_params(seed, *size))
+        seen_scales.add(float(scale))
+        window = (int(top), int(left), int(ch), int(cw)) + size
+        for k in ("semseg", "human_parts", "sal", "edge"):
+            np.testing.assert_array_equal(got[k].numpy(), _numpy_crop_nearest(labels1[k].numpy(), *window), err_msg=k)
+        normals = _numpy_crop_bilinear(labels1["normals"].numpy().astype(np.float64), *window)
+        normals = normals / (np.linalg.norm(normals, axis=-1, keepdims=True) + np.finfo(np.float32).eps)
+        np.testing.assert_allclose(got["normals"].numpy(), normals, atol=1e-4)  # short vectors renormalised
+        np.testing.assert_allclose(got_image.numpy(), _numpy_crop_bilinear(image1.numpy().astype(np.float64), *window),
+                                   atol=1e-5)
+        # label values stay in their sets; ignore kept; no person -> still all ignore
+        assert set(np.unique(got["sal"].numpy())) <= {0.0, 1.0} and set(np.unique(got["edge"].numpy())) <= {0.0, 1.0}
+        assert set(np.unique(got["semseg"].numpy())) <= set(range(-1, 21))
+        assert person or np.all(got["human_parts"].numpy() == -1)
+        norms = np.linalg.norm(got["normals"].numpy(), axis=-1)
+        assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
+    assert len(seen_scales) > 1
+    # the pair from make_two_views is the same function of view 1
+    again = pascal_second_view(image1, labels1, seeds[1])
+    np.testing.assert_array_equal(again[0].numpy(), image2.numpy())
+    for k in TASKS:
+        np.testing.assert_array_equal(again[1][k].numpy(), labels2[k].numpy())
+
+
+def pascal_second_view(image, labels, seed):
+    from mtpsl_tf.data.policies.mtl_pytorch import second_view
+    return second_view(image, labels, seed)
+
+
+def test_two_view_batches_for_pascal(prepared):
     data_dir, _ = prepared
     config = bundle_config(data_dir)
     bundle = pipeline.load(config)
-    with pytest.raises(ValueError, match="dataset 'pascal_context'.*two-view"):
-        pipeline.train_dataset(bundle, config, seed=0, initial_epoch=0, epochs=1, batch_size=2, two_views=True)
+    batches = list(pipeline.train_dataset(bundle, config, seed=0, initial_epoch=0, epochs=1, batch_size=2,
+                                          two_views=True))
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch["image_aug"].shape == (2, 64, 48, 3)
+        for k in TASKS:
+            assert batch["labels_aug"][k].shape == batch["labels"][k].shape
+            assert batch["labels_aug"][k].dtype == batch["labels"][k].dtype
+        for a, b in zip(batch["labels"]["human_parts"].numpy(), batch["labels_aug"]["human_parts"].numpy()):
+            assert np.all(a == -1) == np.all(b == -1)  # an image without people stays all ignore
 
 
 # ------------------------------------------------------------------ end to end
@@ -499,3 +576,43 @@ def test_train_py_on_pascal_context_end_to_end(prepared, tmp_path):
     # the total is the weighted sum of the named (unweighted) task losses
     weights = {"semseg": 1, "human_parts": 2, "normals": 10, "sal": 5, "edge": 50}
     assert train["total"] == pytest.approx(sum(w * train[f"{t}_loss"] for t, w in weights.items()), rel=1e-3)
+
+
+def test_mtpsl_on_resnet18_aspp_trains_evaluates_and_exports(prepared, tmp_path):
+    """train.py --method=mtpsl --backbone=resnet18_aspp on the fake release (two views from the
+    mtl_pytorch policy, the ResNet-18 mapping net), metrics of all five tasks, and a SavedModel
+    export holding the network alone (no mapping net / FiLM variables)."""
+    import subprocess
+    import sys
+
+    from mtpsl_export.export import export_model
+
+    data_dir, _ = prepared
+    model_dir = tmp_path / "run"
+    flags = ["--dataset=pascal_context", f"--data_dir={data_dir}", "--backbone=resnet18_aspp",
+             "--filters=4,4,8,8,8", "--height=32", "--width=32", "--setting=randomlabels", "--method=mtpsl",
+             "--con_weight=1.0", "--batch_size=2", "--eval_batch_size=2",
+             "--epochs=1", "--lr_schedule=poly", "--verbose=0", "--tensorboard_images=0", f"--model_dir={model_dir}"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "train.py"), *flags], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model_dir / "metrics.json").read_text())
+    metrics = set(report["last"]["metrics"])
+    assert {"semseg/miou", "human_parts/miou", "normals/mean", "sal/miou", "edge/odsF"} <= metrics
+    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
+    assert train["consistency"] > 0 and np.isfinite(train["total"])
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+    names = list(reader.get_variable_to_shape_map())
+    assert any(n.startswith("method_0/") and "film" in n for n in names)  # the mapping net's FiLM tables
+    assert any(n.startswith("optimizer_film/") for n in names)
+
+    out = tmp_path / "export"
+    export_model(str(model_dir), str(out), formats=("saved_model",), num_verify=2, which="latest")
+    from mtpsl_tf.training.restore import load_network
+
+    names = [name for name, _ in tf.train.list_variables(str(out / "saved_model" / "variables" / "variables"))]
+    network = load_network(str(model_dir), which="latest").network
+    # exactly the network's variables: nothing of the method's (mapping net, FiLM tables)
+    assert len([n for n in names if n.endswith("VARIABLE_VALUE")]) == len(network.variables)
+    assert not [n for n in names if "film" in n.lower() or "mapping" in n.lower() or "method_" in n], names

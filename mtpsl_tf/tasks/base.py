@@ -139,3 +139,9 @@ class Task(abc.ABC):
         """A label batch (as in the data contract) -> the mapping network's input for this
         task, float `[B,H,W,channels]`, ignored pixels zero."""
         raise NotImplementedError(f"task kind {cls.__name__} has no cross-task mapping input")
+
+    @classmethod
+    def label_annotated(cls, label: tf.Tensor) -> tf.Tensor:
+        """bool `[B]`: the label map has at least one valid pixel (e.g. False for a human-parts
+        map of an image without people, all ignore). MTPSL skips targets without one."""
+        raise NotImplementedError(f"task kind {cls.__name__} does not say which labels are annotated")

@@ -84,3 +84,8 @@ class Depth(Task):
     @classmethod
     def mapping_label(cls, label, channels, dtype=tf.float32):
         return normalise_by_image_max(tf.cast(label, dtype))
+
+    @classmethod
+    def label_annotated(cls, label):
+        """Any valid (non-zero) depth."""
+        return tf.reduce_any(tf.not_equal(label, 0), axis=[1, 2, 3])

@@ -126,3 +126,8 @@ class Normal(Task):
     @classmethod
     def mapping_label(cls, label, channels, dtype=tf.float32):
         return (tf.cast(label, dtype) + 1.0) / 2.0
+
+    @classmethod
+    def label_annotated(cls, label):
+        """Any valid (not all-zero) normal."""
+        return tf.reduce_any(tf.not_equal(label, 0), axis=[1, 2, 3])

@@ -93,6 +93,11 @@ class BinaryLogitTask(Task):
         label = tf.cast(label, dtype)
         return tf.where(label < 0, tf.zeros_like(label), label)
 
+    @classmethod
+    def label_annotated(cls, label):
+        """Any pixel not ignored (>= 0)."""
+        return tf.reduce_any(label >= 0, axis=[1, 2, 3])
+
     def label_signature(self, height, width):
         return tf.TensorSpec([height, width, 1], tf.float32)
 

@@ -142,6 +142,11 @@ class Semantic(Task):
     def mapping_label(cls, label, channels, dtype=tf.float32):
         return one_hot_with_ignore(label, channels, dtype)
 
+    @classmethod
+    def label_annotated(cls, label):
+        """Any pixel not ignored (>= 0, as `one_hot_with_ignore`)."""
+        return tf.reduce_any(tf.cast(label, tf.int32) >= 0, axis=[1, 2])
+
 
 @TASKS.register("human_parts")
 class HumanParts(Semantic):

@@ -60,6 +60,7 @@ def consistency_loss_compact(
     training: bool = True,
     tasks=None,
     recompute: bool = False,
+    skip_unannotated: bool = True,
 ) -> tf.Tensor:
     """Per-image sum of the active pairs' losses, float `[B]`.
 
@@ -78,13 +79,19 @@ def consistency_loss_compact(
             `mapping_label` hooks); default the tasks registered under those names.
         recompute: keep only the shared encoder's input for the backward pass and recompute
             its activations there (tf.recompute_grad): less memory, one more encoder pass.
+        skip_unannotated: leave out pairs whose target label has no valid pixel (the task's
+            `label_annotated`; e.g. PASCAL human parts of an image without people, all ignore),
+            whose all-zero mapping input says nothing about the image.
     """
     names = list(mapping_net.task_names)
     kinds = resolve_tasks(names, tasks)
     feat = tf.convert_to_tensor(feat)
     active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
-    image, pair, valid = _select_items(active, capacity)
     pairs = off_diagonal(len(names))
+    if skip_unannotated:
+        annotated = tf.stack([tf.cast(kinds[n].label_annotated(labels[n]), tf.float32) for n in names], axis=1)
+        active = active * tf.gather(annotated, [t for _, t in pairs], axis=1)
+    image, pair, valid = _select_items(active, capacity)
     source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
     target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
 

@@ -11,11 +11,13 @@ from typing import Sequence
 
 import keras
 
+from mtpsl_tf.methods.mtpsl.film import InputConvBlock
 from mtpsl_tf.registry import Registry
 
 # One line per encoder module (see mtpsl_tf/registry.py); keyed by backbone name.
 MAPPING_ENCODERS: Registry = Registry("mapping encoder", modules=(
     "mtpsl_tf.methods.mtpsl.encoder_segnet",
+    "mtpsl_tf.methods.mtpsl.encoder_resnet18_aspp",
 ))
 
 
@@ -45,6 +47,11 @@ class MappingEncoder(keras.layers.Layer):
 
     def film_blocks(self) -> list:
         raise NotImplementedError
+
+    def make_input_layer(self, name: str) -> keras.layers.Layer:
+        """A new task-specific input layer `[N,H,W,C_t] -> [N,H',W',input_width]` (no FiLM);
+        default the reference's conv3x3 -> per-item BatchNorm -> ReLU at full resolution."""
+        return InputConvBlock(self.input_width, epsilon=self.epsilon, name=name, dtype=self.dtype_policy)
 
     def get_config(self):
         config = super().get_config()

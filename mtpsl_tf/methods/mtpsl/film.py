@@ -101,6 +101,38 @@ class InputConvBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mtpsl_tf")
+class FiLM(keras.layers.Layer):
+    """FiLM tables alone: `x [N,H,W,channels] * gamma[:, k_n] + beta[:, k_n]`, k_n = pair_idx[n].
+
+    `gamma` (init 1) and `beta` (init 0) are `[channels, num_pairs]`, as in `FiLMConvBlock`;
+    encoders whose FiLM does not follow a plain conv -> BN block (ResNet blocks) use this.
+    """
+
+    def __init__(self, channels: int, num_pairs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.num_pairs = num_pairs
+
+    def build(self, input_shape=None):
+        table_shape = (self.channels, self.num_pairs)
+        self.gamma = self.add_weight(name="gamma", shape=table_shape, initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=table_shape, initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs, pair_idx):
+        idx = as_item_pair_index(pair_idx, tf.shape(inputs)[0])
+        # Each item's column: [C, N] -> [N, 1, 1, C].
+        gamma = tf.transpose(tf.gather(self.gamma, idx, axis=1))[:, None, None, :]
+        beta = tf.transpose(tf.gather(self.beta, idx, axis=1))[:, None, None, :]
+        return inputs * gamma + beta
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"channels": self.channels, "num_pairs": self.num_pairs})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtpsl_tf")
 class FiLMConvBlock(InputConvBlock):
     """conv3x3 -> per-item BatchNorm -> FiLM -> ReLU, `[N,H,W,C_in] -> [N,H,W,filters]`.
 

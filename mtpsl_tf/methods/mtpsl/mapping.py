@@ -72,10 +72,7 @@ class MappingNet(keras.layers.Layer):
         self.encoder_name = encoder_name
         self.encoder = MAPPING_ENCODERS.get(encoder_name)(
             filters, num_pairs(self.num_tasks), epsilon=epsilon, name="encoder", dtype=self.dtype_policy)
-        self.input_layers = [
-            InputConvBlock(self.encoder.input_width, epsilon=epsilon, name=f"input_{name}", dtype=self.dtype_policy)
-            for name in task_names
-        ]
+        self.input_layers = [self.encoder.make_input_layer(f"input_{name}") for name in task_names]
         self.build()
 
     @property

@@ -35,6 +35,9 @@ class MTPSLOptions:
     remat_mapping: bool = option(
         False, "mtpsl: recompute the mapping encoder's activations in the backward pass instead of keeping "
         "them (less memory, one more mapping-encoder forward pass per step).")
+    skip_unannotated_targets: bool = option(
+        True, "mtpsl: leave out pairs whose target label has no valid pixel (e.g. PASCAL human parts of an "
+        "image without people: all ignore, an all-zero mapping input).")
 
     def validate(self) -> None:
         choice("consistency_mode", self.consistency_mode, ("auto",) + MODES)
@@ -64,8 +67,8 @@ class MTPSL(Method):
         if backbone not in MAPPING_ENCODERS:
             raise ValueError(
                 f"--method=mtpsl with --backbone={backbone}: no mapping encoder is registered for it, so "
-                f"only --backbone={', '.join(MAPPING_ENCODERS.names())} is supported (the paper's ResNet-18 "
-                "mapping for PASCAL-Context is not implemented yet)")
+                f"only --backbone={', '.join(MAPPING_ENCODERS.names())} is supported (a new backbone needs a "
+                "mapping encoder module, see docs/DESIGN.md 'To add X')")
         mode = self.options.consistency_mode
         self.mode = mode if mode != "auto" else ("full" if self.facts.setting_kind == "full" else "mtpsl")
         self.mapping: MappingNet | None = None
@@ -113,7 +116,8 @@ class MTPSL(Method):
         per_image = consistency_loss_compact(
             self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
             capacity=self.capacity(local), seed=self._seed(step), reg_weight=self.options.reg_weight,
-            training=True, tasks=self.tasks, recompute=self.options.remat_mapping)
+            training=True, tasks=self.tasks, recompute=self.options.remat_mapping,
+            skip_unannotated=self.options.skip_unannotated_targets)
         consistency = tf.reduce_sum(per_image) / float(global_batch_size)
         return LossTerms(losses, presence(self.tasks, batch["label_mask"]), {"consistency": consistency},
                          {"consistency": self.con_weight(progress)})
