@@ -1,8 +1,6 @@
 """MTPSL in the conventional semi-supervised setting (--setting=ssl=F, supplement Tab. 8):
-which pairs are active, the capacity, the clear error for a mode with no possible pair, and a
-tiny end-to-end run."""
-
-import json
+which pairs are active, the capacity, the clear error for a mode with no possible pair, and
+the per-image term of a fully labelled and an unlabelled image."""
 
 import numpy as np
 import pytest
@@ -35,12 +33,26 @@ def test_mode_without_any_possible_pair_is_refused():
         MTPSL(_facts(consistency_mode="mtpsl"))
 
 
-def test_mtpsl_trains_in_ssl_setting(tmp_path):
-    from mtpsl_tf.training.run import run
+def test_fully_labelled_image_gets_a_term_unlabelled_image_none(tmp_path):
+    """Through the method's own step: per-image consistency of a fully labelled and an
+    unlabelled image (config flags -> facts -> MTPSL, as train.py builds it)."""
+    from mtpsl_tf.methods.facts import build_method
+    from mtpsl_tf.methods.mtpsl.compact import consistency_loss_compact
+    from mtpsl_tf.models.segnet import SegNet
 
-    model_dir = tmp_path / "run"
-    run(tiny_config(tmp_path, model_dir, flags=TINY + ["--method=mtpsl", "--setting=ssl=0.5", "--epochs=1"]))
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["options"]["consistency_mode"] == "auto"
-    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
-    assert train["consistency"] > 0 and np.isfinite(train["total"])
+    config = tiny_config(tmp_path, tmp_path / "run", flags=TINY + ["--method=mtpsl", "--setting=ssl=0.5"])
+    method = build_method(config, TASKS, label_masks=np.array([[1, 1, 1], [0, 0, 0]] * 3))
+    assert method.mode == "mtpsl_plus"
+    net = SegNet({t.name: t.head_spec for t in TASKS}, filters=[4, 4, 8, 8, 8])
+    rng = np.random.default_rng(0)
+    outputs = net(tf.constant(rng.uniform(size=[2, 32, 32, 3]), tf.float32), training=False)
+    method.build(net)
+    labels = {"semantic": tf.constant(rng.integers(0, 13, [2, 32, 32]), tf.int32),
+              "depth": tf.constant(rng.uniform(0.5, 3, [2, 32, 32, 1]), tf.float32),
+              "normal": tf.constant(np.tile([0.0, 0.0, 1.0], [2, 32, 32, 1]), tf.float32)}
+    mask = {"semantic": tf.constant([1.0, 0.0]), "depth": tf.constant([1.0, 0.0]), "normal": tf.constant([1.0, 0.0])}
+    per_image = consistency_loss_compact(method.mapping, outputs, labels, outputs["feature"], mask, method.mode,
+                                         capacity=method.capacity(2), seed=tf.constant([1, 2], tf.int64),
+                                         tasks=method.tasks).numpy()
+    assert per_image[0] > 0 and per_image[1] == 0.0
+
