@@ -24,6 +24,8 @@ from mtpsl_tf.weighting.base import WEIGHTINGS, WeightingFacts
 METHODS: Registry = Registry("method", modules=(
     "mtpsl_tf.methods.supervised",
     "mtpsl_tf.methods.mtpsl",
+    "mtpsl_tf.methods.joint_space.contrastive",
+    "mtpsl_tf.methods.joint_space.discriminator",
 ))
 
 

@@ -118,16 +118,26 @@ class MultiTaskModel(keras.Model):
         # Read before the update: the weights this step used.
         applied = self.method.weighting.weights() if self.log_weights else {}
 
-        def apply_all():
+        def apply_groups(names):
             start = 0
             for name in groups:
                 count = len(groups[name])
-                self._apply(name, list(zip(grads[start:start + count], groups[name])), main)
+                if name in names:
+                    self._apply(name, list(zip(grads[start:start + count], groups[name])), main)
                 start += count
+
+        def apply_all():
+            apply_groups(set(groups))
             self.method.after_update()
 
         if isinstance(main, keras.optimizers.LossScaleOptimizer):
-            apply_all()
+            # The loss-scale optimiser skips (and lowers its scale) on its own; the other
+            # groups' plain optimisers must skip a step with an overflowing scaled gradient
+            # too, or it writes inf into their variables (e.g. MTPSL's FiLM tables).
+            apply_groups({"main"})
+            others = set(groups) - {"main"}
+            _apply_if(self._all_finite(total, grads),
+                      lambda: (apply_groups(others), self.method.after_update()))
             self.nonfinite_tracker.update_state(0.0)
         else:
             finite = self._all_finite(total, grads)

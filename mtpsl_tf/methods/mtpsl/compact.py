@@ -11,6 +11,7 @@ still traces once and compiles under XLA, and unused slots are masked out.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import tensorflow as tf
@@ -44,6 +45,87 @@ def _mapping_inputs(task, position, pred, label, channels, gumbel_noise, seed):
             task_seed = tf.random.experimental.stateless_fold_in(seed, position)
     source_in = task.mapping_prediction(pred, noise=noise, seed=task_seed)
     return source_in, task.mapping_label(label, channels, dtype=source_in.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveItems:
+    """The embedded active (image, pair) items of a batch, `capacity` slots each.
+
+    Attributes:
+        source: float `[K, h, w, C]`, e_s = m(prediction of s; s, (s, t)).
+        target: float `[K, h, w, C]`, e_t = m(label of t; t, (s, t)).
+        feature: float `[K, h, w, C]`, the slot's image feature (NOT stop-gradient'ed here).
+        image: int32 `[K]`, the slot's image in the (local) batch.
+        pair: int32 `[K]`, the slot's ordered-pair index.
+        valid: float `[K]`, 1 for active items, 0 for padding slots.
+    """
+
+    source: tf.Tensor
+    target: tf.Tensor
+    feature: tf.Tensor
+    image: tf.Tensor
+    pair: tf.Tensor
+    valid: tf.Tensor
+
+
+def embed_active_items(
+    mapping_net: MappingNet,
+    preds: Mapping[str, tf.Tensor],
+    labels: Mapping[str, tf.Tensor],
+    feat,
+    label_mask,
+    mode: str,
+    capacity: int,
+    seed=None,
+    gumbel_noise=None,
+    training: bool = True,
+    tasks=None,
+    recompute: bool = False,
+    skip_unannotated: bool = True,
+) -> ActiveItems:
+    """Embeds the active items of `mode` in ONE batched mapping-net call (see the module
+    docstring); the arguments are those of `consistency_loss_compact`."""
+    names = list(mapping_net.task_names)
+    kinds = resolve_tasks(names, tasks)
+    feat = tf.convert_to_tensor(feat)
+    active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
+    pairs = off_diagonal(len(names))
+    if skip_unannotated:
+        annotated = tf.stack([tf.cast(kinds[n].label_annotated(labels[n]), tf.float32) for n in names], axis=1)
+        active = active * tf.gather(annotated, [t for _, t in pairs], axis=1)
+    image, pair, valid = _select_items(active, capacity)
+    source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
+    target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
+
+    # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
+    # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
+    # next to the shared encoder, and it keeps shapes fixed.
+    hidden = None
+    item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
+    for u, name in enumerate(names):
+        pred = tf.gather(tf.convert_to_tensor(preds[name]), image)
+        source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
+                                               mapping_net.task_channels[u], gumbel_noise, seed)
+        mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
+        x = tf.concat([source_in, target_in], axis=0) * mine
+        h = mapping_net.input_layers[u](x, training=training) * tf.cast(mine, mapping_net.compute_dtype)
+        hidden = h if hidden is None else hidden + h
+    item_pairs = tf.concat([pair, pair], axis=0)
+
+    def encode(x):
+        return mapping_net.encode(x, item_pairs, training)
+
+    embeddings = (tf.recompute_grad(encode) if recompute else encode)(hidden)
+    map_source, map_target = tf.split(embeddings, 2, axis=0)
+    item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
+    return ActiveItems(map_source, map_target, item_feat, tf.cast(image, tf.int32), tf.cast(pair, tf.int32), valid)
+
+
+def per_image_sum(item_losses, items: ActiveItems, batch_size) -> tf.Tensor:
+    """float `[B]`: the valid slots' losses `[K]` summed per image."""
+    losses = tf.cast(item_losses, tf.float32)
+    losses = tf.where(items.valid > 0, losses, tf.zeros_like(losses))
+    return tf.math.unsorted_segment_sum(losses, items.image, num_segments=batch_size)
 
 
 def consistency_loss_compact(
@@ -83,39 +165,9 @@ def consistency_loss_compact(
             `label_annotated`; e.g. PASCAL human parts of an image without people, all ignore),
             whose all-zero mapping input says nothing about the image.
     """
-    names = list(mapping_net.task_names)
-    kinds = resolve_tasks(names, tasks)
     feat = tf.convert_to_tensor(feat)
-    active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
-    pairs = off_diagonal(len(names))
-    if skip_unannotated:
-        annotated = tf.stack([tf.cast(kinds[n].label_annotated(labels[n]), tf.float32) for n in names], axis=1)
-        active = active * tf.gather(annotated, [t for _, t in pairs], axis=1)
-    image, pair, valid = _select_items(active, capacity)
-    source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
-    target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
-
-    # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
-    # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
-    # next to the shared encoder, and it keeps shapes fixed.
-    hidden = None
-    item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
-    for u, name in enumerate(names):
-        pred = tf.gather(tf.convert_to_tensor(preds[name]), image)
-        source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
-                                               mapping_net.task_channels[u], gumbel_noise, seed)
-        mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
-        x = tf.concat([source_in, target_in], axis=0) * mine
-        h = mapping_net.input_layers[u](x, training=training) * tf.cast(mine, mapping_net.compute_dtype)
-        hidden = h if hidden is None else hidden + h
-    item_pairs = tf.concat([pair, pair], axis=0)
-
-    def encode(x):
-        return mapping_net.encode(x, item_pairs, training)
-
-    embeddings = (tf.recompute_grad(encode) if recompute else encode)(hidden)
-    map_source, map_target = tf.split(embeddings, 2, axis=0)
-    item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
-    losses = tf.cast(pair_loss(map_source, map_target, item_feat, reg_weight), tf.float32)
-    losses = tf.where(valid > 0, losses, tf.zeros_like(losses))
-    return tf.math.unsorted_segment_sum(losses, image, num_segments=tf.shape(feat)[0])
+    items = embed_active_items(mapping_net, preds, labels, feat, label_mask, mode, capacity, seed=seed,
+                               gumbel_noise=gumbel_noise, training=training, tasks=tasks, recompute=recompute,
+                               skip_unannotated=skip_unannotated)
+    losses = pair_loss(items.source, items.target, items.feature, reg_weight)
+    return per_image_sum(losses, items, tf.shape(feat)[0])

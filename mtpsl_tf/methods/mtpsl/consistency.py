@@ -37,9 +37,14 @@ def pair_loss(map_source, map_target, feat, reg_weight: float = 0.5) -> tf.Tenso
     `[1 - cos(e_s, e_t)] + reg_weight * ([1 - cos(e_s, sg(f))] + [1 - cos(e_t, sg(f))])`; the
     feature is the only stop-gradient.
     """
-    feat = tf.stop_gradient(feat)
     loss = _cosine_distance(map_source, map_target)
     if reg_weight > 0:
-        regulariser = _cosine_distance(map_source, feat) + _cosine_distance(map_target, feat)
-        loss += reg_weight * regulariser
+        loss += reg_weight * feature_regulariser(map_source, map_target, feat)
     return loss
+
+
+def feature_regulariser(map_source, map_target, feat) -> tf.Tensor:
+    """`[1 - cos(e_s, sg(f))] + [1 - cos(e_t, sg(f))]`, `[N]`, from `[N,h,w,C]` tensors: keeps
+    the joint space tied to the image (the paper's guard against a trivial mapping)."""
+    feat = tf.stop_gradient(feat)
+    return _cosine_distance(map_source, feat) + _cosine_distance(map_target, feat)

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence
-from mtpsl_tf.methods.mtpsl.compact import consistency_loss_compact
+from mtpsl_tf.methods.mtpsl.compact import ActiveItems, consistency_loss_compact, embed_active_items
 from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
 from mtpsl_tf.methods.mtpsl.pairs import MODES, max_active_pairs
@@ -18,6 +18,9 @@ from mtpsl_tf.optim.schedules import StepDecay
 from mtpsl_tf.options import choice, option
 
 RAMP_EPOCHS = 100  # the reference's linear ramp-up length
+# --consistency_mode=auto per label-setting kind (others: mtpsl). With all-or-nothing labels
+# (ssl) no image has an unlabelled source AND a labelled target: see docs/BASELINES.md.
+AUTO_MODES = {"full": "full", "ssl": "mtpsl_plus"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +29,8 @@ class MTPSLOptions:
 
     consistency_mode: str = option(
         "auto", "mtpsl: unlabelled source -> labelled target pairs; mtpsl_plus (Ours+): also labelled "
-        "sources; full: all ordered pairs; auto: full for --setting=full, else mtpsl.")
+        "sources; full: all ordered pairs; auto: full for --setting=full, mtpsl_plus for --setting=ssl=..., "
+        "else mtpsl.")
     con_weight: float = option(2.0, "mtpsl: weight of the consistency loss (paper: 2.0 NYU-v2, 1.0 Cityscapes).")
     reg_weight: float = option(0.5, "mtpsl: weight of the feature regulariser inside each pair loss.")
     rampup: str = option("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
@@ -60,17 +64,23 @@ class MTPSL(Method):
 
     Options = MTPSLOptions
     two_views = True
+    flag_name = "mtpsl"  # the --method value, for error messages (subclasses override)
 
     def __init__(self, facts, tasks=None):
         super().__init__(facts, tasks)
         backbone = self.facts.backbone
         if backbone not in MAPPING_ENCODERS:
             raise ValueError(
-                f"--method=mtpsl with --backbone={backbone}: no mapping encoder is registered for it, so "
+                f"--method={self.flag_name} with --backbone={backbone}: no mapping encoder is registered for it, so "
                 f"only --backbone={', '.join(MAPPING_ENCODERS.names())} is supported (a new backbone needs a "
                 "mapping encoder module, see docs/DESIGN.md 'To add X')")
         mode = self.options.consistency_mode
-        self.mode = mode if mode != "auto" else ("full" if self.facts.setting_kind == "full" else "mtpsl")
+        self.mode = mode if mode != "auto" else AUTO_MODES.get(self.facts.setting_kind, "mtpsl")
+        if max_active_pairs(len(self.tasks), self.mode, self.facts.labelled_counts) == 0:
+            raise ValueError(
+                f"--method={self.flag_name} --consistency_mode={self.mode}: no task pair can be active when "
+                f"images have {list(self.facts.labelled_counts)} labelled tasks (--setting="
+                f"{self.facts.setting_kind}); use --consistency_mode=mtpsl_plus or full")
         self.mapping: MappingNet | None = None
 
     def build(self, network) -> None:
@@ -113,14 +123,27 @@ class MTPSL(Method):
         view2 = {k: v[local:] for k, v in outputs.items()}
         losses = task_losses(self.tasks, view1, batch["labels"], batch["label_mask"], global_batch_size,
                              "per_image")
+        extra, weights = self.joint_space_terms(view2, batch, global_batch_size, progress, step)
+        return LossTerms(losses, presence(self.tasks, batch["label_mask"]), extra, weights)
+
+    def joint_space_terms(self, view2, batch, global_batch_size, progress, step):
+        """(extra terms, their weights) from view 2's outputs (`{task: ..., "feature": ...}`);
+        the joint-space baselines (contrastive, discriminator) override this."""
         per_image = consistency_loss_compact(
             self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
-            capacity=self.capacity(local), seed=self._seed(step), reg_weight=self.options.reg_weight,
-            training=True, tasks=self.tasks, recompute=self.options.remat_mapping,
-            skip_unannotated=self.options.skip_unannotated_targets)
+            capacity=self.capacity(batch["image"].shape[0]), seed=self._seed(step),
+            reg_weight=self.options.reg_weight, training=True, tasks=self.tasks,
+            recompute=self.options.remat_mapping, skip_unannotated=self.options.skip_unannotated_targets)
         consistency = tf.reduce_sum(per_image) / float(global_batch_size)
-        return LossTerms(losses, presence(self.tasks, batch["label_mask"]), {"consistency": consistency},
-                         {"consistency": self.con_weight(progress)})
+        return {"consistency": consistency}, {"consistency": self.con_weight(progress)}
+
+    def active_items(self, view2, batch, step) -> ActiveItems:
+        """The embedded active (image, pair) items of view 2 (`compact.embed_active_items`)."""
+        return embed_active_items(
+            self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
+            capacity=self.capacity(batch["image"].shape[0]), seed=self._seed(step), training=True,
+            tasks=self.tasks, recompute=self.options.remat_mapping,
+            skip_unannotated=self.options.skip_unannotated_targets)
 
     def _seed(self, step) -> tf.Tensor:
         """Stateless Gumbel seed from (train seed, step, replica): fresh noise every step and
