@@ -103,10 +103,11 @@ def test_direct_sum_counts_the_fit_items(built, mode):
     outputs, labels = batch_data()
     step = tf.constant(3, tf.int64)
     got = method.direct_sum(tf_dict(outputs), tf_dict(labels), tf_dict(MASK), step, train_network=True)
+    pairs = ordered_pairs(["semantic", "depth"])
+    inputs = [method.source_input(s, tf.constant(outputs[s]), step, k) for k, (s, _) in enumerate(pairs)]
     want = 0.0
-    for k, (s, t) in enumerate(ordered_pairs(["semantic", "depth"])):
-        x = method.source_input(s, tf.constant(outputs[s]), step, k)
-        mapped = method.mappings.map(s, t, x, training=True).numpy().astype(np.float64)
+    for (s, t), mapped in zip(pairs, method.mappings.map_all(inputs, training=True)):
+        mapped = mapped.numpy().astype(np.float64)
         want += (np.array(FIT[mode][(s, t)]) * NP_LOSS[t](mapped, labels[t])).sum()
     assert want > 0
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
@@ -119,17 +120,37 @@ def test_perceptual_sum_counts_the_perceptual_items(built, mode):
     step = tf.constant(5, tf.int64)
     got = method.perceptual_sum(tf_dict(outputs), tf_dict(labels), tf_dict(MASK), step)
     forms = {"semantic": np.exp, "depth": lambda x: x}
+    pairs = ordered_pairs(["semantic", "depth"])
+    x_pred = [method.source_input(s, tf.constant(outputs[s]), step, k) for k, (s, _) in enumerate(pairs)]
+    x_label = [method.by_name[s].mapping_label(tf.constant(labels[s]), method.by_name[s].channels)
+               for s, _ in pairs]
+    m_pred = method.mappings.map_all(x_pred, training=False)
+    m_label = method.mappings.map_all(x_label, training=False)
     want = 0.0
-    for k, (s, t) in enumerate(ordered_pairs(["semantic", "depth"])):
-        source = method.by_name[s]
-        x_pred = method.source_input(s, tf.constant(outputs[s]), step, k)
-        x_label = source.mapping_label(tf.constant(labels[s]), source.channels)
-        m_pred = method.mappings.map(s, t, x_pred, training=False).numpy().astype(np.float64)
-        m_label = method.mappings.map(s, t, x_label, training=False).numpy().astype(np.float64)
-        per_image = np.abs(forms[t](m_pred) - forms[t](m_label)).mean((1, 2, 3))
+    for (s, t), a, b in zip(pairs, m_pred, m_label):
+        a, b = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
+        per_image = np.abs(forms[t](a) - forms[t](b)).mean((1, 2, 3))
         want += (np.array(PERCEPTUAL[mode][(s, t)]) * per_image).sum()
     assert want > 0
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
+
+
+def test_grouped_mapping_networks_are_independent_per_pair(built):
+    """Pair p's output depends on pair p's input and weights only (the grouped convolutions
+    keep the pairs' SegNets apart); kernels start with a separate SegNet's Xavier scale."""
+    rng = np.random.default_rng(4)
+    mappings = built.mappings
+    inputs = [tf.constant(rng.uniform(size=[2, S, S, 3]), tf.float32),
+              tf.constant(rng.uniform(size=[2, S, S, 1]), tf.float32)]
+    before = mappings.map_all(inputs, training=False)
+    changed = mappings.map_all([inputs[0] * 0.0 + 0.5, inputs[1]], training=False)
+    np.testing.assert_array_equal(before[1].numpy(), changed[1].numpy())
+    assert np.abs(before[0].numpy() - changed[0].numpy()).max() > 0
+    assert [o.shape[-1] for o in before] == [1, 3]  # semantic -> depth, depth -> semantic
+    kernel = mappings.encoder_block[1].conv.kernel.numpy()  # [3, 3, f0, 2 * f1]
+    fans = 9 * FILTERS[0] + 9 * FILTERS[1]
+    assert kernel.shape == (3, 3, FILTERS[0], 2 * FILTERS[1])
+    assert 0.3 < kernel.std() / np.sqrt(2.0 / fans) < 2.0
 
 
 def test_perceptual_map_gradients_go_where_documented(built):

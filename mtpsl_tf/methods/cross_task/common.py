@@ -83,27 +83,31 @@ class CrossTaskMethod(Method):
     def direct_sum(self, outputs, labels, label_mask, step, train_network: bool) -> tf.Tensor:
         """sum over fit items of target's loss of m_{s->t}(prediction of s) (scalar, local).
         `train_network=False` stops the gradient into the network (the mappings still learn)."""
+        pair_list = self.mappings.pairs()
+        inputs = [self.source_input(s, outputs[s], step, k) for k, (s, _) in enumerate(pair_list)]
+        if not train_network:
+            inputs = [tf.stop_gradient(x) for x in inputs]
+        mapped = self.mappings.map_all(inputs, training=True)
         total = tf.constant(0.0, tf.float32)
-        for k, (s, t) in enumerate(self.mappings.pairs()):  # static loop over the pair networks
-            x = self.source_input(s, outputs[s], step, k)
-            if not train_network:
-                x = tf.stop_gradient(x)
-            mapped = self.mappings.map(s, t, x, training=True)
-            per_image = losses.direct_loss(self.by_name[t], mapped, labels[t])
+        for (s, t), out in zip(pair_list, mapped):  # static: one loss per target kind
+            per_image = losses.direct_loss(self.by_name[t], out, labels[t])
             total += tf.reduce_sum(pairs.fit_items(label_mask, s, t, self.mode) * per_image)
         return total
 
     def perceptual_sum(self, outputs, labels, label_mask, step) -> tf.Tensor:
         """sum over perceptual items of |m_{s->t}(prediction of s) - m_{s->t}(label of s)| (L1
         in t's perceptual form; scalar, local). The mappings get no gradient from it."""
-        total = tf.constant(0.0, tf.float32)
-        for k, (s, t) in enumerate(self.mappings.pairs()):
-            local = outputs[s].shape[0]
+        pair_list = self.mappings.pairs()
+        inputs = []
+        for k, (s, _) in enumerate(pair_list):  # prediction and label as one batch of 2B
             source = self.by_name[s]
-            x = tf.concat([self.source_input(s, outputs[s], step, k),
-                           source.mapping_label(labels[s], source.channels)], axis=0)
-            mapped = self.mappings.map_frozen(s, t, x)
-            per_image = losses.perceptual_loss(self.by_name[t], mapped[:local], mapped[local:])
+            inputs.append(tf.concat([self.source_input(s, outputs[s], step, k),
+                                     source.mapping_label(labels[s], source.channels)], axis=0))
+        mapped = self.mappings.map_all_frozen(inputs)
+        total = tf.constant(0.0, tf.float32)
+        for (s, t), out in zip(pair_list, mapped):
+            local = outputs[s].shape[0]
+            per_image = losses.perceptual_loss(self.by_name[t], out[:local], out[local:])
             total += tf.reduce_sum(pairs.perceptual_items(label_mask, s, t, self.mode) * per_image)
         return total
 

@@ -3,21 +3,25 @@ task s's mapping input (`Task.mapping_prediction` / `mapping_label`) and predict
 with t's head (the supplement: "as in [Zamir et al.] we use the whole SegNet as the
 cross-task mapping functions").
 
-The pairs differ in input channels and head, so they are separate networks and a step runs a
-static loop over the T(T-1) of them, each on the whole local batch (inactive items are masked
-out of the losses, so every shape is static).
+Vectorised over pairs: the P = T(T-1) SegNets run as ONE SegNet whose every convolution is
+grouped by pair (`groups=P`: pair p's channels only see pair p's channels), whose BatchNorm,
+ReLU, max-pooling and unpooling are per channel anyway, so pair p's slice computes exactly a
+separate SegNet with its own weights. Inputs are zero-padded to the widest source and outputs
+to the widest target (the padding channels carry no signal). One network call per step, one
+trace, XLA-able, and no Python loop over pairs or images inside the network.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+import math
+from typing import List, Mapping, Sequence, Tuple
 
 import keras
 import tensorflow as tf
 
+from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
-from mtpsl_tf.models.layers import PACKAGE
-from mtpsl_tf.models.segnet import SegNet
+from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, BatchNorm, MaxUnpool2D
 
 
 def ordered_pairs(names: Sequence[str]) -> List[Tuple[str, str]]:
@@ -25,21 +29,69 @@ def ordered_pairs(names: Sequence[str]) -> List[Tuple[str, str]]:
     return [(s, t) for s in names for t in names if s != t]
 
 
-def pair_key(source: str, target: str) -> str:
-    """The network name of the pair: "map_<source>_to_<target>"."""
-    return f"map_{source}_to_{target}"
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupedXavierNormal(keras.initializers.Initializer):
+    """torch's xavier_normal_ for each group of a grouped conv kernel `[k, k, in/groups, out]`:
+    std = sqrt(2 / (k*k*in/groups + k*k*out/groups)), as one group's separate conv would get."""
+
+    def __init__(self, groups: int):
+        self.groups = groups
+
+    def __call__(self, shape, dtype=None):
+        receptive = math.prod(shape[:-2])
+        fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
+        # Keras' fan_avg counts every group's outputs; rescale to one group's.
+        scale = (fan_in + fan_out) / (fan_in + fan_out / self.groups)
+        return keras.initializers.VarianceScaling(scale=scale, mode="fan_avg",
+                                                  distribution="untruncated_normal")(shape, dtype=dtype)
+
+    def get_config(self):
+        return {"groups": self.groups}
+
+
+def grouped_conv(filters: int, kernel_size: int, groups: int, name: str) -> keras.layers.Conv2D:
+    """`groups` convs of `filters` outputs each side by side (SegNet's conv: bias, 'same')."""
+    return keras.layers.Conv2D(filters * groups, kernel_size, padding="same", groups=groups, use_bias=True,
+                               kernel_initializer=GroupedXavierNormal(groups), bias_initializer="zeros",
+                               name=name)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupedConvBNReLU(keras.layers.Layer):
+    """SegNet's conv3x3 -> BatchNorm -> ReLU for `groups` networks side by side.
+
+    Args:
+        filters: output channels of each group's conv.
+        groups: number of networks (pairs).
+    """
+
+    def __init__(self, filters: int, groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.groups = groups
+        self.conv = grouped_conv(filters, 3, groups, name="conv0")
+        self.norm = BatchNorm(name="bn0")
+
+    def call(self, x, training=False):
+        return tf.nn.relu(self.norm(self.conv(x), training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, groups=self.groups)
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PairMappings(keras.layers.Layer):
-    """One SegNet per ordered pair of `heads`' tasks.
+    """The SegNets of every ordered pair of `heads`' tasks, as one grouped network.
 
     Args:
         heads: ordered task name -> head spec {"channels", "activation"} (the tasks' own).
         filters: the five SegNet widths of every mapping network.
 
-    Call `map(source, target, x, training)` with x `[B,H,W,channels of source]` (H, W multiples
-    of 32); returns task `target`'s output `[B,H,W,channels of target]` (its head's activation).
+    `map_all(inputs, training)`: inputs a list, per pair of `pairs()`, of source mapping inputs
+    `[B,H,W,channels of source]` (H, W multiples of 32); returns the list of target outputs
+    `[B,H,W,channels of target]` (after the target head's activation).
     """
 
     def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int], **kwargs):
@@ -48,39 +100,77 @@ class PairMappings(keras.layers.Layer):
             raise ValueError(f"cross-task mappings need at least two tasks, got {list(heads)}")
         self.heads = {name: dict(spec) for name, spec in heads.items()}
         self.filters = [int(f) for f in filters]
-        self.networks: Dict[str, SegNet] = {
-            pair_key(s, t): SegNet({t: self.heads[t]}, filters=self.filters, name=pair_key(s, t))
-            for s, t in ordered_pairs(list(self.heads))}
-
-    def build(self, input_shape=None):
-        """Creates every network's variables (input_shape is ignored)."""
-        if self.built:
-            return
-        size = SEGNET_INPUT_MULTIPLE
-        for s, t in ordered_pairs(list(self.heads)):
-            channels = int(self.heads[s]["channels"])
-            self.networks[pair_key(s, t)](tf.zeros([1, size, size, channels]), training=False)
-        super().build(input_shape)
+        if len(self.filters) != 5:
+            raise ValueError(f"mapping SegNets need 5 filter widths, got {self.filters}")
+        groups = len(self.pairs())
+        self.in_width = max(int(spec["channels"]) for spec in self.heads.values())
+        self.out_width = self.in_width
+        f = self.filters
+        self.encoder_block = [GroupedConvBNReLU(f[i], groups, name=f"encoder_block_{i}") for i in range(5)]
+        self.decoder_block = [GroupedConvBNReLU(f[max(i - 1, 0)], groups, name=f"decoder_block_{i}")
+                              for i in range(5)]
+        self.conv_block_enc = [[GroupedConvBNReLU(f[i], groups, name=f"conv_block_enc_{i}_{j}")
+                                for j in range(1 if i <= 1 else 2)] for i in range(5)]
+        self.conv_block_dec = [[GroupedConvBNReLU(f[max(i - 1, 0)], groups, name=f"conv_block_dec_{i}_{j}")
+                                for j in range(1 if i <= 1 else 2)] for i in range(5)]
+        self.pools = [ArgMaxPool2D(name=f"pool_{i}") for i in range(5)]
+        self.unpools = [MaxUnpool2D(name=f"unpool_{i}") for i in range(5)]
+        self.head_hidden = grouped_conv(f[0], 3, groups, name="head_conv3x3")
+        self.head_out = grouped_conv(self.out_width, 1, groups, name="head_conv1x1")
 
     def pairs(self) -> List[Tuple[str, str]]:
         return ordered_pairs(list(self.heads))
 
-    def map(self, source: str, target: str, x, training: bool = False) -> tf.Tensor:
-        return self.networks[pair_key(source, target)](x, training=training)[target]
+    def build(self, input_shape=None):
+        """Creates every variable (input_shape is ignored)."""
+        if self.built:
+            return
+        size = SEGNET_INPUT_MULTIPLE
+        self.call(tf.zeros([1, size, size, self.in_width * len(self.pairs())]), training=False)
+        super().build(input_shape)
 
-    def map_frozen(self, source: str, target: str, x) -> tf.Tensor:
-        """`map` in inference mode whose output carries no gradient to the network's weights
-        (only to `x`): the weights enter as constants through Keras' stateless call."""
-        network = self.networks[pair_key(source, target)]
-        trainable = [tf.stop_gradient(v) for v in network.trainable_variables]
-        non_trainable = [tf.convert_to_tensor(v) for v in network.non_trainable_variables]
-        outputs, _ = network.stateless_call(trainable, non_trainable, x, training=False)
-        return outputs[target]
+    def stack_inputs(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Per-pair inputs -> `[B,H,W,P*in_width]`, each zero-padded to the widest source."""
+        padded = [tf.pad(tf.cast(x, tf.float32), [[0, 0], [0, 0], [0, 0], [0, self.in_width - x.shape[-1]]])
+                  for x in inputs]
+        return tf.concat(padded, axis=-1)
 
-    def call(self, inputs, training=False):
-        """inputs: pair key -> mapping input; returns pair key -> target output."""
-        return {key: self.networks[key](x, training=training)[key.rsplit("_to_", 1)[1]]
-                for key, x in inputs.items()}
+    def split_outputs(self, raw: tf.Tensor) -> List[tf.Tensor]:
+        """`[B,H,W,P*out_width]` head logits -> per pair the target's output (activation applied)."""
+        outputs = []
+        for p, (_, target) in enumerate(self.pairs()):  # static slicing, no computation per pair
+            spec = self.heads[target]
+            start = p * self.out_width
+            outputs.append(ACTIVATIONS[spec["activation"]](raw[..., start:start + int(spec["channels"])]))
+        return outputs
+
+    def call(self, x, training=False):
+        """x `[B,H,W,P*in_width]` -> raw head logits `[B,H,W,P*out_width]` float32."""
+        switches = []
+        for i in range(5):
+            x = self.encoder_block[i](x, training=training)
+            for block in self.conv_block_enc[i]:
+                x = block(x, training=training)
+            x, s = self.pools[i](x)
+            switches.append(s)
+        for k in range(5):
+            i = 4 - k
+            x = self.unpools[i]([x, switches[i]])
+            x = self.decoder_block[i](x, training=training)
+            for block in self.conv_block_dec[i]:
+                x = block(x, training=training)
+        return tf.cast(self.head_out(self.head_hidden(x)), tf.float32)
+
+    def map_all(self, inputs: Sequence[tf.Tensor], training: bool = False) -> List[tf.Tensor]:
+        return self.split_outputs(self(self.stack_inputs(inputs), training=training))
+
+    def map_all_frozen(self, inputs: Sequence[tf.Tensor]) -> List[tf.Tensor]:
+        """`map_all` in inference mode whose outputs carry no gradient to the weights (only to
+        the inputs): the weights enter as constants through Keras' stateless call."""
+        trainable = [tf.stop_gradient(v) for v in self.trainable_variables]
+        non_trainable = [tf.convert_to_tensor(v) for v in self.non_trainable_variables]
+        raw, _ = self.stateless_call(trainable, non_trainable, self.stack_inputs(inputs), training=False)
+        return self.split_outputs(raw)
 
     def get_config(self):
         config = super().get_config()
