@@ -305,5 +305,6 @@ def test_ssl_trains_through_run(tmp_path):
     model_dir = tmp_path / "ssl"
     report = run(tiny_config(tmp_path, model_dir, epochs=1, method="ssl"))
     history = json.loads((model_dir / "history.json").read_text())
-    assert history[0]["train"]["ssl"] > 0 and np.isfinite(history[0]["train"]["total"])
+    train = history[0]["train"]
+    assert train["nonfinite_steps"] == 0 and train["ssl"] > 0 and np.isfinite(train["total"])
     assert set(report["last"]["metrics"]) >= {"semantic/miou", "depth/abs_err", "normal/mean"}
