@@ -49,11 +49,47 @@ class GroupedXavierNormal(keras.initializers.Initializer):
         return {"groups": self.groups}
 
 
-def grouped_conv(filters: int, kernel_size: int, groups: int, name: str) -> keras.layers.Conv2D:
-    """`groups` convs of `filters` outputs each side by side (SegNet's conv: bias, 'same')."""
-    return keras.layers.Conv2D(filters * groups, kernel_size, padding="same", groups=groups, use_bias=True,
-                               kernel_initializer=GroupedXavierNormal(groups), bias_initializer="zeros",
-                               name=name)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupedConv2D(keras.layers.Layer):
+    """`groups` convs of `filters` outputs each side by side (SegNet's conv: bias, 'same').
+
+    Calls `tf.nn.conv2d` with a `[k, k, in/groups, groups*filters]` kernel, TensorFlow's
+    native grouped convolution (CPU, GPU and XLA): Keras' Conv2D(groups=...) would wrap each
+    call in its own jit-compiled function on the TensorFlow backend.
+
+    Args:
+        filters: output channels of each group.
+        kernel_size: square kernel size.
+        groups: number of groups (pairs).
+    """
+
+    def __init__(self, filters: int, kernel_size: int, groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.groups = groups
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        if channels % self.groups:
+            raise ValueError(f"{self.name}: {channels} input channels do not split into {self.groups} groups")
+        k = self.kernel_size
+        self.kernel = self.add_weight(shape=(k, k, channels // self.groups, self.filters * self.groups),
+                                      initializer=GroupedXavierNormal(self.groups), name="kernel")
+        self.bias = self.add_weight(shape=(self.filters * self.groups,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        kernel = tf.cast(self.kernel, x.dtype)
+        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME") + tf.cast(self.bias, x.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size, groups=self.groups)
+        return config
+
+
+def grouped_conv(filters: int, kernel_size: int, groups: int, name: str) -> GroupedConv2D:
+    return GroupedConv2D(filters, kernel_size, groups, name=name)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -141,7 +177,13 @@ class PairMappings(keras.layers.Layer):
         for p, (_, target) in enumerate(self.pairs()):  # static slicing, no computation per pair
             spec = self.heads[target]
             start = p * self.out_width
-            outputs.append(ACTIVATIONS[spec["activation"]](raw[..., start:start + int(spec["channels"])]))
+            logits = raw[..., start:start + int(spec["channels"])]
+            if spec["activation"] == "l2_normalize":
+                # With epsilon: a mapping fed a constant map (e.g. an all-equal normalised depth)
+                # can output exact zeros under batch statistics, and 0/0 would poison the step.
+                outputs.append(tf.math.l2_normalize(logits, axis=-1))
+            else:
+                outputs.append(ACTIVATIONS[spec["activation"]](logits))
         return outputs
 
     def call(self, x, training=False):
