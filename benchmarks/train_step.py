@@ -75,7 +75,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def random_batch(tasks, batch_size, height, width, setting, two_views):
+def random_batch(tasks, batch_size, height, width, setting, two_views, align_views=False):
     import numpy as np
     import tensorflow as tf
 
@@ -105,6 +105,9 @@ def random_batch(tasks, batch_size, height, width, setting, two_views):
              "label_mask": mask, "index": tf.range(batch_size, dtype=tf.int64)}
     if two_views:
         batch.update(image_aug=tf.random.uniform([batch_size, height, width, 3]), labels_aug=labels())
+    if align_views:  # view 2 = a 1.2x zoom into view 1's centre
+        zoom = [1 / 1.2, 0.0, height / 12.0, 0.0, 1 / 1.2, width / 12.0]
+        batch["view_transform"] = tf.constant([zoom] * batch_size, tf.float32)
     return batch
 
 
@@ -153,7 +156,7 @@ def main(argv):
         spec = DATASETS.get(FLAGS.dataset)
         model = build(config, spec.tasks(), FLAGS.height, FLAGS.width, steps=100)
         batch = random_batch(model.method.tasks, FLAGS.batch_size, FLAGS.height, FLAGS.width, FLAGS.setting,
-                             model.method.two_views)
+                             model.method.two_views, model.method.align_views)
         step = tf.function(model.train_step, jit_compile=FLAGS.xla)
         flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
         for _ in range(FLAGS.warmup):

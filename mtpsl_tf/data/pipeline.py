@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.config import DataConfig
+from mtpsl_tf.data import alignment
 from mtpsl_tf.data import settings as settings_lib
 from mtpsl_tf.data.registry import AUGMENTATIONS, DATASETS, DatasetSpec, default_to_contract
 from mtpsl_tf.tasks.base import Task
@@ -176,11 +177,16 @@ def _attach_masks(element, masks: tf.Tensor, names: Sequence[str]):
     return element
 
 
-def _augment(element, seed: tf.Tensor, transform, two_views: bool):
-    """The training transform of one element, keyed by (seed, example index)."""
+def _augment(element, seed: tf.Tensor, transform, two_views: bool, align_views: bool = False):
+    """The training transform of one element, keyed by (seed, example index). With
+    `align_views`, also "view_transform" (float32 [6], data/alignment.py)."""
     key = tf.random.experimental.stateless_fold_in(seed, element["index"])
     if two_views:
-        image1, labels1, image2, labels2 = transform(element["image"], element["labels"], key)
+        image = alignment.with_coordinates(element["image"]) if align_views else element["image"]
+        image1, labels1, image2, labels2 = transform(image, element["labels"], key)
+        if align_views:
+            (image1, coords1), (image2, coords2) = alignment.split_coordinates(image1), alignment.split_coordinates(image2)
+            element["view_transform"] = alignment.view_transform(coords1, coords2)
         element.update(image=image1, labels=labels1, image_aug=image2, labels_aug=labels2)
         return element
     image, labels = transform(element["image"], element["labels"], key)
@@ -219,8 +225,9 @@ def _contract(spec: DatasetSpec):
 
 
 def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_epoch: int, epochs: int,
-                  batch_size: int, two_views: bool = False) -> tf.data.Dataset:
+                  batch_size: int, two_views: bool = False, align_views: bool = False) -> tf.data.Dataset:
     """Batches for epochs [initial_epoch, epochs), each epoch a full pass, drop_remainder.
+    `align_views` (with `two_views`) adds each example's "view_transform" (data/alignment.py).
 
     Raises:
       ValueError: if `two_views` and the dataset's policy cannot make two views.
@@ -256,7 +263,7 @@ def train_dataset(bundle: DataBundle, config: DataConfig, *, seed: int, initial_
         ds = base.shuffle(n, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
         if transform is not None:
             epoch_seed = tf.constant([seed, epoch], tf.int64)
-            ds = ds.map(lambda e: _augment(e, epoch_seed, transform, two_views),
+            ds = ds.map(lambda e: _augment(e, epoch_seed, transform, two_views, align_views),
                         num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size, drop_remainder=True)
 

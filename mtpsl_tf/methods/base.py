@@ -26,6 +26,10 @@ METHODS: Registry = Registry("method", modules=(
     "mtpsl_tf.methods.mtpsl",
     "mtpsl_tf.methods.joint_space.contrastive",
     "mtpsl_tf.methods.joint_space.discriminator",
+    "mtpsl_tf.methods.ssl",
+    "mtpsl_tf.methods.cross_task.direct",
+    "mtpsl_tf.methods.cross_task.perceptual",
+    "mtpsl_tf.methods.cross_task.xtask",
 ))
 
 
@@ -66,6 +70,8 @@ class Method(abc.ABC):
     Attributes:
         Options: the dataclass of the method's own flags (mtpsl_tf/options.py).
         two_views: the input pipeline must provide `image_aug` / `labels_aug`.
+        align_views: (with two_views) the batch must also hold "view_transform" `[B, 6]`, where
+            each view-2 pixel lies in view 1 (mtpsl_tf/data/alignment.py).
         tasks: the tasks the method supervises (and the network predicts).
         loss_weights: task -> static weight handed to the weighting.
         weighting: the LossWeighting combining the task losses.
@@ -73,6 +79,7 @@ class Method(abc.ABC):
 
     Options = NoOptions
     two_views = False
+    align_views = False
 
     def __init__(self, facts: MethodFacts, tasks=None):
         if tasks is not None:

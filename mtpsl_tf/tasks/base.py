@@ -34,6 +34,7 @@ class Task(abc.ABC):
             (continuous fields, interpolated like the image: bilinear in the `mtan` policy,
             cubic in `mtl_pytorch`).
         mapping_needs_noise: `mapping_prediction` samples noise (needs `noise` or `seed`).
+        ssl_threshold: default threshold of `ssl_consistency` (`--ssl_thresholds` overrides).
 
     The label and mapping hooks are classmethods: they describe the KIND of task, so the
     augmentation and consistency code can also use a class looked up by name in TASKS.
@@ -44,6 +45,8 @@ class Task(abc.ABC):
     # c_t of the uncertainty weighting's L_t / (c_t sigma_t^2) + log sigma_t (Kendall et al.
     # 2018): 2 for a regression (Gaussian likelihood), 1 for a classification (softmax).
     uncertainty_factor = 2.0
+    # The SSL baseline's agreement threshold for this kind (see `ssl_consistency`).
+    ssl_threshold = 0.1
 
     name: str
     channels: int
@@ -145,3 +148,44 @@ class Task(abc.ABC):
         """bool `[B]`: the label map has at least one valid pixel (e.g. False for a human-parts
         map of an image without people, all ignore). MTPSL skips targets without one."""
         raise NotImplementedError(f"task kind {cls.__name__} does not say which labels are annotated")
+
+    # ------------------------------------------------------------------ baselines
+    def ssl_consistency(self, pred: tf.Tensor, target: tf.Tensor, valid: tf.Tensor,
+                        threshold: float) -> Tuple[tf.Tensor, tf.Tensor]:
+        """The SSL baseline's term between two views (docs/BASELINES.md).
+
+        Args:
+            pred: this view's prediction `[B,H,W,C]` (gets the gradient).
+            target: the other view's prediction aligned to this view, `[B,H,W,C]` (treated
+                as a constant).
+            valid: float `[B,H,W]`, 1 where `target` exists.
+            threshold: confidence / agreement threshold of the kind.
+
+        Returns:
+            (numerator, count) float32 `[B]`: the per-image term is numerator / count, count =
+            valid pixels (the authors' pieces average over all pixels, masked ones add 0).
+        """
+        raise NotImplementedError(f"task kind {type(self).__name__} has no SSL consistency term")
+
+    @classmethod
+    def perceptual_form(cls, output: tf.Tensor) -> tf.Tensor:
+        """A head output `[B,H,W,C]` -> the form two outputs are compared in by an L1
+        perceptual loss (Perceptual-Map, X-task); default: the output itself, float32."""
+        return tf.cast(output, tf.float32)
+
+
+def agreement_terms(distance: tf.Tensor, valid: tf.Tensor, threshold: float) -> Tuple[tf.Tensor, tf.Tensor]:
+    """sum over pixels of `distance` where its (constant) value is below `threshold` and
+    `valid`, and the valid count; `distance`, `valid` `[B,H,W]` -> two `[B]`."""
+    valid = tf.cast(valid, tf.float32)
+    agree = tf.cast(tf.stop_gradient(distance) < threshold, tf.float32) * valid
+    return tf.reduce_sum(distance * agree, axis=[1, 2]), tf.reduce_sum(valid, axis=[1, 2])
+
+
+def pseudo_label_terms(nll: tf.Tensor, confidence: tf.Tensor, valid: tf.Tensor,
+                       threshold: float) -> Tuple[tf.Tensor, tf.Tensor]:
+    """sum over pixels of `nll` (of the pseudo-label) where `confidence` > `threshold` and
+    `valid`, and the valid count; all `[B,H,W]` -> two `[B]`."""
+    valid = tf.cast(valid, tf.float32)
+    confident = tf.cast(confidence > threshold, tf.float32) * valid
+    return tf.reduce_sum(nll * confident, axis=[1, 2]), tf.reduce_sum(valid, axis=[1, 2])

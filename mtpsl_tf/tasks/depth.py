@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import DepthMetrics
-from mtpsl_tf.tasks.base import LOWER, Task
+from mtpsl_tf.tasks.base import LOWER, Task, agreement_terms
 from mtpsl_tf.tasks.registry import TASKS
 
 
@@ -50,6 +50,11 @@ class Depth(Task):
         valid = tf.cast(tf.reduce_sum(label, axis=-1, keepdims=True) != 0, tf.float32)
         total = tf.reduce_sum(tf.abs(pred - label) * valid, axis=[1, 2, 3])
         return total, tf.reduce_sum(valid, axis=[1, 2, 3])
+
+    def ssl_consistency(self, pred, target, valid, threshold):
+        """|target - pred| where it is below threshold (the authors' `depth_con`)."""
+        distance = tf.abs(tf.stop_gradient(tf.cast(target, tf.float32)) - tf.cast(pred, tf.float32))[..., 0]
+        return agreement_terms(distance, valid, threshold)
 
     def make_metric(self):
         return DepthMetrics(name=f"{self.name}_metrics")

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import NormalMetrics
-from mtpsl_tf.tasks.base import HIGHER, LOWER, SMOOTH, Task
+from mtpsl_tf.tasks.base import HIGHER, LOWER, SMOOTH, Task, agreement_terms
 from mtpsl_tf.tasks.registry import TASKS
 
 
@@ -82,6 +82,14 @@ class Normal(Task):
         from mtpsl_tf.metrics.original_size import NormalScorer
 
         return NormalScorer()
+
+    def ssl_consistency(self, pred, target, valid, threshold):
+        """1 - cos(target, pred) per pixel where it is below threshold (the authors'
+        `normal_con` thresholds 1 - target_c * pred_c per COMPONENT; we use the pixel's cosine
+        distance, the quantity the normal loss trains: docs/BASELINES.md)."""
+        target = tf.stop_gradient(tf.cast(target, tf.float32))
+        distance = 1.0 - tf.reduce_sum(target * tf.cast(pred, tf.float32), axis=-1)
+        return agreement_terms(distance, valid, threshold)
 
     def make_metric(self):
         return NormalMetrics(name=f"{self.name}_metrics")

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import SaliencyMetrics
-from mtpsl_tf.tasks.base import HIGHER, Task
+from mtpsl_tf.tasks.base import HIGHER, Task, pseudo_label_terms
 from mtpsl_tf.tasks.registry import TASKS
 
 IGNORE = -1.0
@@ -78,9 +78,24 @@ class BinaryLogitTask(Task):
     activation = "linear"
     uncertainty_factor = 1.0  # a classification (Kendall et al. 2018)
     kind = "binary"  # for messages
+    ssl_threshold = 0.95  # as semantic's pseudo-label confidence (our choice)
 
     def update_metric(self, metric, label, pred):
         metric.update_state(label, tf.sigmoid(tf.cast(pred, tf.float32)))
+
+    def ssl_consistency(self, pred, target, valid, threshold):
+        """Pseudo-labels as semantic's, for a two-class problem: binary cross-entropy of the
+        other view's hard decision where max(p, 1 - p) > threshold (our choice)."""
+        probability = tf.sigmoid(tf.stop_gradient(tf.cast(target, tf.float32)))[..., 0]
+        pseudo = tf.cast(probability >= 0.5, tf.float32)
+        confidence = tf.maximum(probability, 1.0 - probability)
+        nll = tf.nn.sigmoid_cross_entropy_with_logits(labels=pseudo, logits=tf.cast(pred, tf.float32)[..., 0])
+        return pseudo_label_terms(nll, confidence, valid, threshold)
+
+    @classmethod
+    def perceptual_form(cls, output):
+        """Probabilities (the head outputs logits)."""
+        return tf.sigmoid(tf.cast(output, tf.float32))
 
     @classmethod
     def mapping_prediction(cls, pred, noise=None, seed=None):

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtpsl_tf.metrics import ConfusionMatrix
-from mtpsl_tf.tasks.base import HIGHER, Task
+from mtpsl_tf.tasks.base import HIGHER, Task, pseudo_label_terms
 from mtpsl_tf.tasks.registry import TASKS
 
 IGNORE = -1
@@ -70,6 +70,7 @@ class Semantic(Task):
     metric_directions = {"miou": HIGHER, "pixel_acc": HIGHER}
     primary_metric = "miou"
     mapping_needs_noise = True
+    ssl_threshold = 0.95  # the authors' seg_con pseudo-label confidence
     # AddIgnoreRegions: an all-zero map means "not annotated" (human parts) -> all ignore.
     unannotated_when_all_zero = False
 
@@ -87,6 +88,20 @@ class Semantic(Task):
         nll = -tf.gather(pred, safe, axis=-1, batch_dims=3)
         valid_f = tf.cast(valid, tf.float32)
         return tf.reduce_sum(nll * valid_f, axis=[1, 2]), tf.reduce_sum(valid_f, axis=[1, 2])
+
+    def ssl_consistency(self, pred, target, valid, threshold):
+        """Pseudo-labels: NLL of the other view's argmax where its probability > threshold
+        (the authors' `seg_con`)."""
+        target = tf.stop_gradient(tf.cast(target, tf.float32))
+        pseudo = tf.argmax(target, axis=-1, output_type=tf.int32)
+        confidence = tf.exp(tf.reduce_max(target, axis=-1))
+        nll = -tf.gather(tf.cast(pred, tf.float32), pseudo, axis=-1, batch_dims=3)
+        return pseudo_label_terms(nll, confidence, valid, threshold)
+
+    @classmethod
+    def perceptual_form(cls, output):
+        """Probabilities (the head outputs log-probabilities)."""
+        return tf.exp(tf.cast(output, tf.float32))
 
     def make_metric(self):
         return ConfusionMatrix(self.num_classes, name=f"{self.name}_confusion")

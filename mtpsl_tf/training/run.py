@@ -243,7 +243,8 @@ def _train(config: ExperimentConfig, strategy, model_dir: str, out_dir: str) -> 
         callbacks.append(callbacks_lib.WeightSummaries(step_writer, steps))
     if initial_epoch < epochs:
         train_ds = pipeline.train_dataset(bundle, d, seed=config.train.seed, initial_epoch=initial_epoch,
-                                          epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views)
+                                          epochs=epochs, batch_size=d.batch_size, two_views=model.method.two_views,
+                                          align_views=model.method.align_views)
         start = time.time()
         model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                   validation_data=test_ds, validation_freq=_eval_epochs(config, initial_epoch),
