@@ -254,8 +254,8 @@ def test_registered_with_segnet_mapping_encoder():
     assert MAPPING_ENCODERS.get("segnet_mtan") is MAPPING_ENCODERS.get("segnet")
 
 
-def test_shapes_and_size_rule():
-    net = SegNetMTAN(HEADS, filters=FILTERS)
+def test_shapes_and_size_rule(model):
+    net = model
     out = net(tf.zeros([1, 32, 96, 3]))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "semantic": (1, 32, 96, 5), "depth": (1, 32, 96, 1), "normal": (1, 32, 96, 3), "feature": (1, 1, 3, 8)}

@@ -93,9 +93,12 @@ class MTANBranch(keras.layers.Layer):
         self.channels = int(channels)
         self.activation = str(activation)
         f = self.filters
-        self.encoder_gates = [AttentionGate(f[j], name=f"encoder_att_{j}") for j in range(STAGES)]
-        self.decoder_gates = [AttentionGate(f[max(i - 1, 0)], name=f"decoder_att_{i}") for i in range(STAGES)]
-        self.head = TaskHead(f[0], self.channels, self.activation, name="head")
+        # Sublayer names carry the branch's: they are called from SegNetMTAN.call, outside this
+        # layer's name scope, and their variable paths (checkpoint keys) must be unique.
+        self.encoder_gates = [AttentionGate(f[j], name=f"{self.name}_encoder_att_{j}") for j in range(STAGES)]
+        self.decoder_gates = [AttentionGate(f[max(i - 1, 0)], name=f"{self.name}_decoder_att_{i}")
+                              for i in range(STAGES)]
+        self.head = TaskHead(f[0], self.channels, self.activation, name=f"{self.name}_head")
         # Never called itself: its sublayers build on first use inside SegNetMTAN.call.
         self.built = True
 
