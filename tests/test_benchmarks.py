@@ -50,3 +50,12 @@ def test_gpu_suite_smoke():
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["method"] for r in rows] == ["sl", "mtpsl"]
     assert all(r["step_s"] > 0 and "peak_gpu_mb" in r for r in rows)
+
+
+def test_weighting_overhead_reports_each_weighting_relative_to_fixed():
+    report = _run("weighting_overhead.py", "--weightings=uncertainty", "--noxla", "--filters=4,4,8,8,8",
+                  "--height=32", "--width=32", "--warmup=1", "--steps=1", "--option=gradnorm_alpha=1.0")
+    rows = {r["weighting"]: r for r in report["rows"]}
+    assert list(rows) == ["fixed", "uncertainty"] and rows["fixed"]["relative"] == 1.0
+    assert rows["uncertainty"]["step_s"] > 0
+    assert abs(rows["uncertainty"]["relative"] - rows["uncertainty"]["step_s"] / rows["fixed"]["step_s"]) < 1e-2
