@@ -1,6 +1,6 @@
 """segnet_mtan through the train.py path (flags -> config -> run) with a learned loss weighting,
 then exported to LiteRT float32 (through the SavedModel concrete function) and verified against
-Keras. Gradient-based weightings on segnet_mtan: tests/test_weightings_distributed_step.py."""
+Keras. Gradient-based weightings on segnet_mtan: docs/MTAN.md."""
 
 import json
 
