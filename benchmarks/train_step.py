@@ -1,6 +1,9 @@
 """Times training steps of a named method on random data; last line is one JSON object.
 
     python benchmarks/train_step.py --method=sl --height=288 --width=384 --batch_size=2 --xla
+    python benchmarks/train_step.py --weighting=gradnorm --option=gradnorm_alpha=1.5
+
+(`benchmarks/weighting_overhead.py` compares the weightings' step times with `fixed`.)
 
 Reports images/s, seconds per step, peak RSS, the step's convolution FLOPs (counted
 from the traced graph: forward and backward Conv2D ops) over its time, and the GFLOP/s
@@ -23,7 +26,8 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string("method", "sl", "Method name (registry).")
 flags.DEFINE_string("dataset", "nyuv2", "Dataset whose tasks the network predicts (nyuv2, cityscapes, "
                     "pascal_context, synthetic).")
-flags.DEFINE_string("backbone", "segnet", "Backbone name (segnet, resnet18_aspp).")
+flags.DEFINE_string("backbone", "segnet", "Backbone name (segnet, segnet_mtan, resnet18_aspp).")
+flags.DEFINE_string("weighting", "fixed", "Loss weighting name (registry; its options via --option).")
 flags.DEFINE_integer("height", 288, "Image height (multiple of 32).")
 flags.DEFINE_integer("width", 384, "Image width (multiple of 32).")
 flags.DEFINE_integer("batch_size", 2, "Images per step (two views each for two-view methods).")
@@ -142,6 +146,7 @@ def main(argv):
 
     config = ExperimentConfig()
     config.method.method = FLAGS.method
+    config.method.weighting = FLAGS.weighting
     config.model.filters = FLAGS.filters
     config.model.backbone = FLAGS.backbone
     config.data.dataset, config.data.setting = FLAGS.dataset, FLAGS.setting
@@ -168,7 +173,7 @@ def main(argv):
         step_s = (time.perf_counter() - start) / FLAGS.steps
     peak = matmul_peak()
     result = {
-        "method": FLAGS.method, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
+        "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
         "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),

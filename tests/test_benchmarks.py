@@ -64,3 +64,12 @@ def test_edge_ods_benchmark():
     report = _run("edge_ods.py", "--size=48", "--images=1", "--pyedgeeval")
     assert report["ours_s_per_image"] > 0 and report["speedup"] > 0
     assert report["max_abs_count_difference"]["sumR"] == 0
+
+
+def test_weighting_overhead_reports_each_weighting_relative_to_fixed():
+    report = _run("weighting_overhead.py", "--weightings=uncertainty", "--noxla", "--filters=4,4,8,8,8",
+                  "--height=32", "--width=32", "--warmup=1", "--steps=1", "--option=gradnorm_alpha=1.0")
+    rows = {r["weighting"]: r for r in report["rows"]}
+    assert list(rows) == ["fixed", "uncertainty"] and rows["fixed"]["relative"] == 1.0
+    assert rows["uncertainty"]["step_s"] > 0
+    assert abs(rows["uncertainty"]["relative"] - rows["uncertainty"]["step_s"] / rows["fixed"]["step_s"]) < 1e-2

@@ -13,6 +13,7 @@ CONV_BLOCKS_PER_STAGE = (1, 1, 2, 2, 2)
 
 
 @MAPPING_ENCODERS.register("segnet")
+@MAPPING_ENCODERS.register("segnet_mtan")  # same shared encoder, same "feature" shape
 @keras.saving.register_keras_serializable(package="mtpsl_tf")
 class SegNetMappingEncoder(MappingEncoder):
     """`[N,H,W,f0]`, int32 `[N]` -> `[N,H/32,W/32,f4]` (SegNet's "feature").
