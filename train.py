@@ -48,6 +48,8 @@ def main(argv):
 
 
 def _print_summary(report):
+    from mtpsl_tf.training.delta import comparison_lines
+
     model_dir = os.path.dirname(report["path"])
     print("\n== results ==")
     for name in ("last", "best"):
@@ -58,6 +60,9 @@ def _print_summary(report):
             print(f"{label}: Delta-MTL = {'n/a' if delta is None else f'{delta:+.2f}%'}")
             for key, value in sorted(part["metrics"].items()):
                 print(f"  {key:28s} {value:.4f}")
+    if "last" in report:
+        for line in comparison_lines(report["method"], report["last"]["delta_mtl"], report.get("compare_delta_mtl", {})):
+            print(line)
     print(f"\nmodel directory: {model_dir}")
     print(f"  metrics:     {report['path']}")
     print(f"  config:      {os.path.join(model_dir, 'config.json')}")

@@ -99,6 +99,9 @@ class TrainConfig:
     tensorboard_images: int = _field(2, "Validation images shown in TensorBoard (0: none).")
     stl_reference: str = _field(
         "", "STL reference for Delta-MTL as task/metric=value,... (empty: the dataset's values for the setting).")
+    compare_delta_mtl: str = _field(
+        "", "Stored Delta-MTL of other runs to print beside this run's, as name:value,... in percent "
+        "(e.g. sl:-11.1, measured against the same STL reference).")
 
 
 @dataclasses.dataclass
@@ -133,6 +136,7 @@ class ExperimentConfig:
             raise ValueError(f"--learning_rate must be > 0, got {t.learning_rate}")
         self.filter_list()
         self.stl_reference_overrides()
+        self.compare_delta_mtl_values()
         return self
 
     def filter_list(self) -> Optional[Tuple[int, ...]]:
@@ -170,6 +174,19 @@ class ExperimentConfig:
                 sep = ""
             if not sep or "/" not in key:
                 raise ValueError(f"--stl_reference entries must look like task/metric=value, got {item!r}")
+        return out
+
+    def compare_delta_mtl_values(self) -> Dict[str, float]:
+        """`--compare_delta_mtl` parsed: name -> stored Delta-MTL (percent)."""
+        out = {}
+        for item in filter(None, self.train.compare_delta_mtl.split(",")):
+            name, sep, value = item.partition(":")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip():
+                raise ValueError(f"--compare_delta_mtl entries must look like name:value (e.g. sl:-11.1), got {item!r}")
         return out
 
     def to_dict(self) -> Dict[str, Any]:

@@ -27,13 +27,14 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
 
     straight = tmp_path / "straight"
     report = run(tiny_config(tmp_path, straight, epochs=2, stl_reference=
-                             "semantic/miou=0.5,depth/abs_err=1.0,normal/mean=30"))
+                             "semantic/miou=0.5,depth/abs_err=1.0,normal/mean=30", compare_delta_mtl="sl:-11.1"))
     for name in ("config.json", "metrics.json", "history.json", "checkpoints", "best", "logs"):
         assert (straight / name).exists(), name
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics["epochs"] == 2
     assert set(metrics["last"]["metrics"]) >= {"semantic/miou", "depth/abs_err", "normal/mean"}
     assert isinstance(metrics["last"]["delta_mtl"], float)
+    assert metrics["compare_delta_mtl"] == {"sl": -11.1}
     assert report["path"].endswith("metrics.json")
     assert not list(straight.glob("*.tmp"))
 
@@ -67,6 +68,7 @@ def _train(args, cwd):
     (["--setting=ratio=1:0:0"], "depth"),
     (["--setting=sometimes"], "sometimes"),
     (["--batch_size=64"], "--batch_size=64"),
+    (["--compare_delta_mtl=sl=-11.1"], "--compare_delta_mtl entries must look like name:value"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, expected):
     model_dir = tmp_path / "out"
@@ -90,3 +92,14 @@ def test_unknown_flag_in_flagfile(tmp_path):
     assert result.returncode != 0
     assert "learning_rat" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_delta_mtl_lines():
+    from mtpsl_tf.training.delta import comparison_lines
+
+    assert comparison_lines("mtpsl", -5.0, {"sl": -11.1, "stl": 0.0}) == [
+        "compare: mtpsl -5.00% vs sl -11.10% (stored): mtpsl is higher (better) by +6.10 points",
+        "compare: mtpsl -5.00% vs stl +0.00% (stored): mtpsl is not higher (not better) by -5.00 points"]
+    assert comparison_lines("sl", None, {"sl": -11.1}) == [
+        "compare: sl -11.10% (stored); this run has no Delta-MTL (no STL reference)"]
+    assert comparison_lines("sl", -1.0, {}) == []

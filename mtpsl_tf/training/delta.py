@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from mtpsl_tf.metrics import delta_mtl
 from mtpsl_tf.tasks.base import Task
@@ -28,3 +28,17 @@ def compute(results: Mapping[str, float], tasks: Sequence[Task],
         return None
     directions = primary_directions(tasks)
     return float(delta_mtl({k: float(results[k]) for k in directions}, reference, directions))
+
+
+def comparison_lines(method: str, delta: Optional[float], stored: Mapping[str, float]) -> List[str]:
+    """One line per stored Delta-MTL (`--compare_delta_mtl`): this run's `delta` (percent,
+    None when there is no STL reference) beside it and which is higher (better)."""
+    lines = []
+    for name, value in stored.items():
+        if delta is None:
+            lines.append(f"compare: {name} {value:+.2f}% (stored); this run has no Delta-MTL (no STL reference)")
+            continue
+        verdict = "higher (better)" if delta > value else "not higher (not better)"
+        lines.append(f"compare: {method} {delta:+.2f}% vs {name} {value:+.2f}% (stored): {method} is {verdict} "
+                     f"by {delta - value:+.2f} points")
+    return lines

@@ -289,6 +289,7 @@ def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, 
     report = {"protocol": "training", "dataset": config.data.dataset, "setting": config.data.setting,
               "method": config.method.method,
               "epochs": int(ckpt.epoch.numpy()), "stl_reference": reference,
+              "compare_delta_mtl": config.compare_delta_mtl_values(),
               "last": {"metrics": last, "delta_mtl": delta_lib.compute(last, tasks, reference)}}
     if best_manager.latest_checkpoint:
         epoch_now = int(ckpt.epoch.numpy())

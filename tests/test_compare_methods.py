@@ -1,0 +1,70 @@
+"""benchmarks/compare_methods.py: mean ± std, standard error and the --check_order bar, on
+finished runs written here (the script reuses them, so nothing trains)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "compare_methods.py")
+STL = {"semantic/miou": 0.2, "depth/abs_err": 0.5, "normal/mean": 30.0}
+DELTAS = {"sl": [-10.0, -14.0, -12.0], "mtpsl": [-6.0, -8.0, -7.0]}
+
+
+def _write(path, metrics, delta):
+    os.makedirs(path)
+    with open(os.path.join(path, "metrics.json"), "w") as f:
+        json.dump({"last": {"metrics": metrics, "delta_mtl": delta}}, f)
+
+
+@pytest.fixture()
+def finished(tmp_path):
+    for task in ("semantic", "depth", "normal"):
+        _write(tmp_path / f"stl_{task}", STL, 0.0)
+    for method, deltas in DELTAS.items():
+        for seed, delta in enumerate(deltas):
+            _write(tmp_path / f"{method}_seed{seed}", {k: v + seed for k, v in STL.items()}, delta)
+    return tmp_path
+
+
+def _compare(out, *args):
+    return subprocess.run([sys.executable, SCRIPT, f"--out={out}", "--methods=sl,mtpsl", "--seeds=0,1,2", *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_summary_has_mean_sample_std_and_standard_error(finished):
+    result = _compare(finished)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((finished / "summary.json").read_text())
+    # numpy-free transcription: sample std (n - 1), se = std / sqrt(n).
+    for method, deltas in DELTAS.items():
+        mean = sum(deltas) / 3
+        std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / 2)
+        assert summary["mean"][method]["delta_mtl"] == pytest.approx(mean)
+        assert summary["std"][method]["delta_mtl"] == pytest.approx(std)
+        assert summary["se"][method]["delta_mtl"] == pytest.approx(std / math.sqrt(3))
+    assert summary["std"]["sl"]["depth/abs_err"] == pytest.approx(1.0)  # seeds add 0, 1, 2
+    assert "| sl (3 seeds) |" in result.stdout and "-12.0000 ± 2.0000 (se 1.1547; -10.0000, -14.0000, -12.0000)" \
+        in result.stdout
+
+
+@pytest.mark.parametrize("args, code, line", [
+    # difference 5 points; its standard error sqrt(4/3 + 1/3) = 1.29.
+    (["--check_order=mtpsl>sl", "--check_se=2"], 0, "PASS mtpsl>sl: Delta-MTL difference +5.00 points, standard error 1.29"),
+    (["--check_order=mtpsl>sl", "--check_se=4"], 1, "FAIL mtpsl>sl"),
+    (["--check_order=sl>mtpsl"], 1, "FAIL sl>mtpsl: Delta-MTL difference -5.00 points"),
+])
+def test_check_order_bar_sets_the_exit_status(finished, args, code, line):
+    result = _compare(finished, *args)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert line in result.stdout
+
+
+def test_bad_check_order_is_named(finished):
+    result = _compare(finished, "--check_order=mtpsl>stl")
+    assert result.returncode == 2
+    assert "--check_order entries must look like a>b" in result.stderr and "'mtpsl>stl'" in result.stderr
