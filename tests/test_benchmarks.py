@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,6 +24,7 @@ def test_conv_layers_benchmark():
     assert all(row["gflops_per_s"] > 0 for row in report["rows"])
 
 
+@pytest.mark.slow  # CI time; `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_train_step_benchmark():
     # One case (the PASCAL backbone, no XLA): each costs over a minute of tracing; the
     # methods' steps themselves are covered by the training tests.
@@ -49,6 +52,7 @@ def test_inference_benchmark_names_a_bad_torch_repo(tmp_path):
     assert f"--torch_repo={tmp_path}" in result.stderr and "model/segnet_mtl.py not found" in result.stderr
 
 
+@pytest.mark.slow  # CI time; `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_gpu_suite_smoke():
     """benchmarks/gpu_suite.sh in its tiny CPU mode: one JSON line per method."""
     env = dict(os.environ, SMOKE="1")
@@ -66,6 +70,7 @@ def test_edge_ods_benchmark():
     assert report["max_abs_count_difference"]["sumR"] == 0
 
 
+@pytest.mark.slow  # CI time; `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_weighting_overhead_reports_each_weighting_relative_to_fixed():
     report = _run("weighting_overhead.py", "--weightings=uncertainty", "--noxla", "--filters=4,4,8,8,8",
                   "--height=32", "--width=32", "--warmup=1", "--steps=1", "--option=gradnorm_alpha=1.0")

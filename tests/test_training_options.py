@@ -87,6 +87,7 @@ def test_stl_loss_is_unweighted(tmp_path):
     assert METHODS.get("stl")(config, DATASETS.get("synthetic").tasks()).loss_weights == {"depth": 4.0}
 
 
+@pytest.mark.slow  # CI time; `pytest -m slow` runs it (PASCAL end-to-end tests cover resnet18_aspp training)
 def test_resnet18_aspp_trains_evaluates_and_resumes_on_synthetic(tmp_path):
     """The PASCAL backbone through the whole run (tiny widths): SL with poly lr, L2 and weights."""
     import json

@@ -29,7 +29,8 @@ def _step_scalars(model_dir):
 
 
 @pytest.mark.parametrize("method,weighting,stateful", [("sl", "uncertainty", True), ("sl", "mgda", False),
-                                                       ("mtpsl", "uncertainty", True), ("mtpsl", "gradnorm", True)])
+                                                       pytest.param("mtpsl", "uncertainty", True, marks=pytest.mark.slow),
+                                                       ("mtpsl", "gradnorm", True)])
 def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stateful):
     from mtpsl_tf.training.run import run
 
@@ -81,7 +82,7 @@ def test_weighting_state_resumes_exactly(tmp_path, weighting, epochs):
         assert not np.allclose(got[0], 1.0)  # the third epoch used loss-ratio weights
 
 
-@pytest.mark.parametrize("weighting", ["dwa", "pcgrad", "cagrad", "famo"])
+@pytest.mark.parametrize("weighting", [pytest.param("dwa", marks=pytest.mark.slow), "pcgrad", "cagrad", "famo"])
 def test_other_weightings_take_a_training_step(tmp_path, weighting):
     from mtpsl_tf.training.run import run
 
@@ -105,7 +106,7 @@ def test_segnet_last_shared_kernel_is_the_last_decoder_conv():
     assert "conv_block_dec_0_0" in kernel.path and any(kernel is v for v in net.shared_trainable_variables())
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", "famo"])
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", pytest.param("famo", marks=pytest.mark.slow)])
 def test_weighting_trains_under_mixed_float16(tmp_path, weighting):
     """Loss scaling: a weighting trained by the tape (uncertainty), by `variable_gradients`
     (gradnorm) and by a group of its own (famo) trains with finite, positive weights (a smoke
