@@ -580,7 +580,8 @@ def test_train_py_on_pascal_context_end_to_end(prepared, tmp_path):
 
 def test_mtpsl_on_resnet18_aspp_trains_evaluates_and_exports(prepared, tmp_path):
     """train.py --method=mtpsl --backbone=resnet18_aspp on the fake release (two views from the
-    mtl_pytorch policy, the ResNet-18 mapping net), metrics of all five tasks, and a SavedModel
+    mtl_pytorch policy, the ResNet-18 mapping net), metrics of all five tasks (training-time and
+    the paper protocol at the images' own sizes), and a SavedModel
     export holding the network alone (no mapping net / FiLM variables)."""
     import subprocess
     import sys
@@ -606,6 +607,14 @@ def test_mtpsl_on_resnet18_aspp_trains_evaluates_and_exports(prepared, tmp_path)
     names = list(reader.get_variable_to_shape_map())
     assert any(n.startswith("method_0/") and "film" in n for n in names)  # the mapping net's FiLM tables
     assert any(n.startswith("optimizer_film/") for n in names)
+
+    # The published protocol (each test image at its own size) scores all five tasks.
+    from mtpsl_tf.evaluate import evaluate_model_dir
+
+    paper = evaluate_model_dir(str(model_dir), "latest", protocol="paper", workers=1)
+    assert paper["protocol"] == "paper"
+    for key in ("semseg/miou", "human_parts/miou", "normals/mean", "sal/miou", "sal/maxF", "edge/odsF"):
+        assert np.isfinite(paper["metrics"][key]), key
 
     out = tmp_path / "export"
     export_model(str(model_dir), str(out), formats=("saved_model",), num_verify=2, which="latest")
