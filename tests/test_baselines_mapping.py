@@ -4,6 +4,7 @@ frozen mappings of a pre-training run, and tiny runs through train.py's path."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,6 +47,10 @@ NP_LOSS = {"depth": np_depth_loss, "semantic": np_semantic_loss}
 
 
 def make(method, mode="auto", setting="onelabel", build=True, **options):
+    # Seeded: at these tiny widths some random inits leave a mapping SegNet's inference-mode
+    # output constant (every ReLU of a layer dead), which would make the gradient checks
+    # depend on the tests that ran before in the same process.
+    keras.utils.set_random_seed(0)
     config = ExperimentConfig()
     config.method.method, config.data.setting = method, setting
     config.options.update(map_pairs=mode, **options)
