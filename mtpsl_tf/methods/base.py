@@ -57,6 +57,16 @@ def presence(tasks, label_mask) -> Dict[str, tf.Tensor]:
     return {n: counts[i] > 0 for i, n in enumerate(names)}
 
 
+def two_view_outputs(network, batch, method_name: str):
+    """(view-1 outputs, view-2 outputs): both views of the local batch through `network` in ONE
+    call of 2B images (so BatchNorm sees both, as the reference); dicts task -> `[B, ...]`."""
+    local = batch["image"].shape[0]
+    if local is None:
+        raise ValueError(f"{method_name} needs a static per-replica batch size (batch with drop_remainder)")
+    outputs = network(tf.concat([batch["image"], batch["image_aug"]], axis=0), training=True)
+    return {k: v[:local] for k, v in outputs.items()}, {k: v[local:] for k, v in outputs.items()}
+
+
 class Method(abc.ABC):
     """A training objective: turns network outputs, labels and masks into named losses.
 

@@ -15,7 +15,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from mtpsl_tf.data import alignment
-from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence
+from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, two_view_outputs
 from mtpsl_tf.methods.supervised import task_losses
 from mtpsl_tf.options import option
 from mtpsl_tf.tasks.base import safe_ratio
@@ -97,12 +97,7 @@ class SemiSupervised(Method):
         return total / float(global_batch_size)
 
     def loss_terms(self, network, batch, global_batch_size, progress, step):
-        local = batch["image"].shape[0]
-        if local is None:
-            raise ValueError("ssl needs a static per-replica batch size (batch with drop_remainder)")
-        outputs = network(tf.concat([batch["image"], batch["image_aug"]], axis=0), training=True)
-        view1 = {k: v[:local] for k, v in outputs.items()}
-        view2 = {k: v[local:] for k, v in outputs.items()}
+        view1, view2 = two_view_outputs(network, batch, "ssl")
         losses = task_losses(self.tasks, view1, batch["labels"], batch["label_mask"], global_batch_size,
                              self.facts.loss_reduction)
         ssl = self.consistency(view1, view2, batch["view_transform"], batch["label_mask"], global_batch_size)

@@ -3,6 +3,7 @@ mapping inputs and the two summed losses."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List
 
 import tensorflow as tf
@@ -11,7 +12,7 @@ from mtpsl_tf.methods.base import LossTerms, Method, presence
 from mtpsl_tf.methods.cross_task import losses, pairs
 from mtpsl_tf.methods.cross_task.networks import PairMappings
 from mtpsl_tf.methods.supervised import task_losses
-from mtpsl_tf.options import choice
+from mtpsl_tf.options import choice, option
 
 MAP_PAIRS_HELP = ("which (image, pair) items: unlabelled_source (the paper's partial-label definition: "
                   "unlabelled task -> labelled task), all (every pair into / out of a labelled task), auto "
@@ -31,11 +32,30 @@ def parse_filters(text: str, flag: str = "map_filters") -> List[int]:
     return widths
 
 
-def validate_common(options) -> None:
-    """Checks the options every mapping method has (raises ValueError naming the flag)."""
-    choice("map_pairs", options.map_pairs, ("auto",) + pairs.PAIR_MODES)
-    if options.map_weight < 0:
-        raise ValueError(f"--map_weight must be >= 0, got {options.map_weight}")
+@dataclasses.dataclass(frozen=True)
+class CrossTaskOptions:
+    """The flags every cross-task mapping method has (direct_map, perceptual_map, xtask)."""
+
+    map_weight: float = option(1.0, "direct_map / perceptual_map / xtask: weight of the cross-task term.")
+    map_pairs: str = option("auto", MAP_PAIRS_HELP)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the flag."""
+        choice("map_pairs", self.map_pairs, ("auto",) + pairs.PAIR_MODES)
+        if self.map_weight < 0:
+            raise ValueError(f"--map_weight must be >= 0, got {self.map_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedMappingOptions(CrossTaskOptions):
+    """The flags of the methods that train their own mapping SegNets (direct_map, perceptual_map)."""
+
+    map_filters: str = option("", "direct_map / perceptual_map: the mapping SegNets' five widths "
+                              "(empty: the network's --filters).")
+
+    def validate(self) -> None:
+        super().validate()
+        parse_filters(self.map_filters)
 
 
 def step_seed(seed: int, step, salt: int) -> tf.Tensor:

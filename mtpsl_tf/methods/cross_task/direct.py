@@ -8,22 +8,12 @@ from __future__ import annotations
 import dataclasses
 
 from mtpsl_tf.methods.base import METHODS
-from mtpsl_tf.methods.cross_task.common import MAP_PAIRS_HELP, CrossTaskMethod, parse_filters, validate_common
-from mtpsl_tf.options import option
+from mtpsl_tf.methods.cross_task.common import CrossTaskMethod, TrainedMappingOptions
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectMapOptions:
-    """The flags of `--method=direct_map`."""
-
-    map_weight: float = option(1.0, "direct_map / perceptual_map / xtask: weight of the cross-task term.")
-    map_filters: str = option("", "direct_map / perceptual_map: the mapping SegNets' five widths "
-                              "(empty: the network's --filters).")
-    map_pairs: str = option("auto", MAP_PAIRS_HELP)
-
-    def validate(self) -> None:
-        validate_common(self)
-        parse_filters(self.map_filters)
+class DirectMapOptions(TrainedMappingOptions):
+    """The flags of `--method=direct_map` (those of every method training its mappings)."""
 
 
 @METHODS.register("direct_map")

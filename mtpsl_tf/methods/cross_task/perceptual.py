@@ -9,24 +9,19 @@ from __future__ import annotations
 import dataclasses
 
 from mtpsl_tf.methods.base import METHODS
-from mtpsl_tf.methods.cross_task.common import MAP_PAIRS_HELP, CrossTaskMethod, parse_filters, validate_common
+from mtpsl_tf.methods.cross_task.common import CrossTaskMethod, TrainedMappingOptions
 from mtpsl_tf.options import option
 
 
 @dataclasses.dataclass(frozen=True)
-class PerceptualMapOptions:
+class PerceptualMapOptions(TrainedMappingOptions):
     """The flags of `--method=perceptual_map`."""
 
-    map_weight: float = option(1.0, "direct_map / perceptual_map / xtask: weight of the cross-task term.")
     map_fit_weight: float = option(1.0, "perceptual_map: weight of the mappings' fitting loss (it trains the "
                                    "mapping networks only).")
-    map_filters: str = option("", "direct_map / perceptual_map: the mapping SegNets' five widths "
-                              "(empty: the network's --filters).")
-    map_pairs: str = option("auto", MAP_PAIRS_HELP)
 
     def validate(self) -> None:
-        validate_common(self)
-        parse_filters(self.map_filters)
+        super().validate()
         if self.map_fit_weight <= 0:
             raise ValueError(f"--map_fit_weight must be > 0, got {self.map_fit_weight}")
 

@@ -16,7 +16,7 @@ from typing import List
 import tensorflow as tf
 
 from mtpsl_tf.methods.base import METHODS
-from mtpsl_tf.methods.cross_task.common import MAP_PAIRS_HELP, CrossTaskMethod, parse_filters, validate_common
+from mtpsl_tf.methods.cross_task.common import CrossTaskMethod, CrossTaskOptions, parse_filters
 from mtpsl_tf.models.segnet import VARIANT_FILTERS
 from mtpsl_tf.options import option
 
@@ -28,16 +28,14 @@ MAPPINGS_NAME = "method_0"
 
 
 @dataclasses.dataclass(frozen=True)
-class XTaskOptions:
+class XTaskOptions(CrossTaskOptions):
     """The flags of `--method=xtask`."""
 
-    map_weight: float = option(1.0, "direct_map / perceptual_map / xtask: weight of the cross-task term.")
     xtask_mappings_dir: str = option("", "xtask: model directory of a direct_map / perceptual_map run whose "
                                      "mapping networks are loaded frozen (its best, else latest, checkpoint).")
-    map_pairs: str = option("auto", MAP_PAIRS_HELP)
 
     def validate(self) -> None:
-        validate_common(self)
+        super().validate()
         if not self.xtask_mappings_dir:
             raise ValueError(f"--method=xtask needs {FLAG} (the model directory of a direct_map run)")
 

@@ -8,7 +8,7 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence
+from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, two_view_outputs
 from mtpsl_tf.methods.mtpsl.compact import ActiveItems, consistency_loss_compact, embed_active_items
 from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
@@ -115,12 +115,7 @@ class MTPSL(Method):
         return weight
 
     def loss_terms(self, network, batch, global_batch_size, progress, step):
-        local = batch["image"].shape[0]
-        if local is None:
-            raise ValueError("mtpsl needs a static per-replica batch size (batch with drop_remainder)")
-        outputs = network(tf.concat([batch["image"], batch["image_aug"]], axis=0), training=True)
-        view1 = {k: v[:local] for k, v in outputs.items()}
-        view2 = {k: v[local:] for k, v in outputs.items()}
+        view1, view2 = two_view_outputs(network, batch, "mtpsl")
         losses = task_losses(self.tasks, view1, batch["labels"], batch["label_mask"], global_batch_size,
                              "per_image")
         extra, weights = self.joint_space_terms(view2, batch, global_batch_size, progress, step)
