@@ -34,3 +34,50 @@ def checkpoint_network_weights(model_dir) -> dict:
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(str(model_dir), "checkpoints")))
     names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/"))
     return {n: reader.get_tensor(n) for n in names}
+
+
+def built_joint_space_method(tmp_path, method_name: str, b: int = 2, size: int = 32):
+    """A built joint-space method (contrastive / discriminator) on the synthetic tasks, its tiny
+    SegNet and a constant one-label batch of `b` images of `size`^2 (the last image labelled
+    for nothing): (method, network, batch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.methods.facts import build_method
+    from mtpsl_tf.models.segnet import SegNet
+
+    config = tiny_config(tmp_path, tmp_path / "m", flags=TINY + [f"--method={method_name}"])
+    tasks = DATASETS.get("synthetic").tasks()
+    method = build_method(config, tasks)
+    net = SegNet({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
+    net(tf.zeros([1, size, size, 3]))
+    method.build(net)
+    rng = np.random.default_rng(0)
+    labels = {"semantic": rng.integers(0, 13, [b, size, size]).astype("int32"),
+              "depth": rng.uniform(0.5, 3, [b, size, size, 1]).astype("float32"),
+              "normal": np.tile(np.array([0, 0, 1], "float32"), [b, size, size, 1])}
+    masks = np.zeros([3, b], "float32")
+    masks[np.arange(b - 1) % 3, np.arange(b - 1)] = 1.0
+    batch = {"image": rng.uniform(size=[b, size, size, 3]).astype("float32"), "labels": labels,
+             "labels_aug": labels, "label_mask": dict(zip(["semantic", "depth", "normal"], masks))}
+    batch["image_aug"] = batch["image"]
+    return method, net, tf.nest.map_structure(tf.constant, batch)
+
+
+def jit_step_of(method, net):
+    """An XLA-compiled (jit_compile=True) function of a batch: ({"tasks": ..., "extra": ...} loss
+    terms, gradients of the total loss with respect to every variable group of `method`)."""
+    import tensorflow as tf
+
+    groups = method.variable_groups(net)
+
+    @tf.function(jit_compile=True)
+    def step(batch):
+        b = tf.shape(batch["image"])[0]
+        with tf.GradientTape() as tape:
+            terms = method.loss_terms(net, batch, b, tf.constant(0.0), tf.constant(0, tf.int64))
+            total = tf.add_n(list(terms.tasks.values()) + list(terms.extra.values()))
+        return {"tasks": terms.tasks, "extra": terms.extra}, tape.gradient(total, groups)
+
+    return step
