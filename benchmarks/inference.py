@@ -279,6 +279,12 @@ def main(argv):
     bad = sorted(set(FLAGS.litert_switches) - {"arithmetic", "compare"})
     if bad or not FLAGS.litert_switches:
         raise app.UsageError(f"--litert_switches: expected arithmetic and/or compare, got {FLAGS.litert_switches}")
+    from mtpsl_export.writers import resolve_litert_forms
+
+    try:
+        resolve_litert_forms(FLAGS.litert_forms)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     from mtpsl_export import contract
 
     host = machine()
