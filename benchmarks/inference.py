@@ -9,7 +9,9 @@ float32 / float16 / int8 flatbuffers on `ai_edge_litert`'s interpreter, whose de
 resolver applies the XNNPACK delegate (`xnnpack_nodes`: the delegated partitions, DELEGATE
 nodes after the first invoke; `--no_xnnpack` times the builtin kernels instead). LiteRT files
 are converted with the export's default inference-only pooling switches (`--litert_switches=
-arithmetic`, XNNPACK ops) and/or the training-time comparison ops (`compare`), one row each. Each format is timed in its own
+arithmetic`, XNNPACK ops) and/or the training-time comparison ops (`compare`), one row each,
+and the export's LiteRT layer forms (`--litert_forms`, default all: direct dilated convolutions,
+logit heads; `none` converts the training-time layers). Each format is timed in its own
 subprocess so its peak RSS (ru_maxrss) is its own; LiteRT workers never import TensorFlow.
 Random-weight models are calibrated for int8 on uniform-noise images (speed does not
 depend on the calibration).
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +62,8 @@ flags.DEFINE_integer("num_calibration", 8, "int8 calibration images.")
 flags.DEFINE_list("litert_switches", ["arithmetic"],
                   "SegNet pooling switches of the LiteRT formats, one row each: arithmetic (XNNPACK ops, the "
                   "export default) and/or compare (the training-time comparison ops).")
+flags.DEFINE_string("litert_forms", "all", "LiteRT layer forms the LiteRT files are traced with: all, none or "
+                    "names of mtpsl_tf.models.registry.LITERT_FORMS (as export.py --litert_forms).")
 flags.DEFINE_string("torch_repo", "", "A local checkout of VICO-UoE/MTPSL: adds the authors' PyTorch SegNet "
                     "in eager mode as a `pytorch_eager` row (SegNet setups of nyuv2/cityscapes; needs torch).")
 flags.DEFINE_string("workdir", "", "Where exports are written (empty: a temporary folder, removed).")
@@ -188,14 +193,12 @@ def torch_rows_wanted(dataset: str) -> bool:
 def export_all(folder: str, dataset: str, height: int, width: int) -> list:
     """Writes the SavedModel and the TFLite files needed by --formats (the LiteRT ones once per
     --litert_switches); returns [(format, switches or None, path)] in timing order."""
-    import contextlib
-
     import numpy as np
 
     from mtpsl_export import writers
-    from mtpsl_tf.models.layers import arithmetic_switches
 
     network, tasks = build(dataset, height, width)
+    forms = writers.resolve_litert_forms(FLAGS.litert_forms)
     jobs = [("keras", None, "")] if "keras" in FLAGS.formats else []
     if "saved_model" in FLAGS.formats:
         jobs.append(("saved_model", None, writers.write_saved_model(network, tasks, height, width,
@@ -203,13 +206,14 @@ def export_all(folder: str, dataset: str, height: int, width: int) -> list:
     wanted = [f for f in FLAGS.formats if f in TFLITE_FILES]
     calibration = np.random.default_rng(1).uniform(size=(FLAGS.num_calibration, height, width, 3))
     for switches in FLAGS.litert_switches if wanted else ():
-        with arithmetic_switches(network) if switches == "arithmetic" else contextlib.nullcontext():
-            scratch = writers.write_saved_model(network, tasks, height, width,
-                                                os.path.join(folder, f"batch1_{switches}"), batch=1)
         for fmt in wanted:
             precision, name = TFLITE_FILES[fmt]
+            with writers.litert_forms(network, forms, switches, precision):
+                scratch = writers.write_saved_model(network, tasks, height, width,
+                                                    os.path.join(folder, f"batch1_{switches}_{precision}"), batch=1)
             start = time.perf_counter()
             content = writers.convert_tflite(scratch, precision, writers.representative_from(calibration))
+            shutil.rmtree(scratch)
             path = writers.write_tflite(content, os.path.join(folder, f"{switches}_{name}"))
             jobs.append((fmt, switches, path))
             print(f"  converted {fmt} ({switches} switches, {len(content) / 2**20:.1f} MiB) in "
@@ -275,6 +279,12 @@ def main(argv):
     bad = sorted(set(FLAGS.litert_switches) - {"arithmetic", "compare"})
     if bad or not FLAGS.litert_switches:
         raise app.UsageError(f"--litert_switches: expected arithmetic and/or compare, got {FLAGS.litert_switches}")
+    from mtpsl_export.writers import resolve_litert_forms
+
+    try:
+        resolve_litert_forms(FLAGS.litert_forms)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     from mtpsl_export import contract
 
     host = machine()
@@ -299,6 +309,7 @@ def main(argv):
     print(table(rows))
     print(json.dumps({"machine": host, "num_threads": FLAGS.num_threads, "runs": FLAGS.runs,
                       "xnnpack": FLAGS.xnnpack, "litert_latest_features": FLAGS.litert_latest_features,
+                      "litert_forms": FLAGS.litert_forms,
                       "results": rows}))
 
 

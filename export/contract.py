@@ -54,14 +54,19 @@ def output_names(tasks: Sequence) -> List[str]:
 
 
 def postprocess(outputs: Mapping[str, object], tasks: Sequence) -> Dict[str, object]:
-    """Network outputs `{task: [N,H,W,C], "feature": ...}` -> the exported outputs (see module doc)."""
+    """Network outputs `{task: [N,H,W,C], "feature": ...}` -> the exported outputs (see module doc).
+
+    A classification output may be the log-probabilities or the logits (the LiteRT form
+    `mtpsl_tf.models.logit_heads`): softmax and argmax give the same result for both, since
+    they differ by one value per pixel. softmax, not exp: LiteRT's SOFTMAX runs in XNNPACK.
+    """
     import tensorflow as tf  # here: flag checks using this module must not wait for TensorFlow
 
     result = {}
     for task in tasks:
         value = outputs[task.name]
         if is_classification(task):
-            result[task.name + PROBS] = tf.exp(value)
+            result[task.name + PROBS] = tf.nn.softmax(value, axis=-1)
             result[task.name + LABEL] = tf.argmax(value, axis=-1, output_type=tf.int32)
         else:
             result[task.name] = value

@@ -38,7 +38,8 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
                  num_calibration: int = 32, data_dir: Optional[str] = None,
                  tolerance: Optional[float] = None, max_degradation: Optional[float] = None,
                  overwrite: bool = False, images_dir: Optional[str] = None, verify_source: str = "auto",
-                 calibration_dir: Optional[str] = None, litert_switches: str = "arithmetic") -> dict:
+                 calibration_dir: Optional[str] = None, litert_switches: str = "arithmetic",
+                 litert_forms="all") -> dict:
     """Exports `model_dir`'s `which` checkpoint to `out_dir` in `formats` and verifies them.
 
     Args:
@@ -54,6 +55,9 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
         litert_switches: "arithmetic" (default) converts the LiteRT formats with the SegNet's
             inference-only pooling switches built from XNNPACK ops (one delegated partition
             for the network), "compare" with the training-time comparison ops.
+        litert_forms: the inference-only layer forms the LiteRT formats are traced with
+            (`mtpsl_tf.models.registry.LITERT_FORMS`): "all" (default), "none" or a comma list
+            (`writers.resolve_litert_forms`).
         tolerance, max_degradation: verification rules (defaults in `verification`).
         overwrite: replace an existing `out_dir`.
 
@@ -68,6 +72,9 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
     _check_request(out_dir, height, width, num_verify, num_calibration, overwrite, verify_source)
     if litert_switches not in SWITCH_CHOICES:
         raise ValueError(f"--litert_switches={litert_switches!r}: expected one of {', '.join(SWITCH_CHOICES)}")
+    from mtpsl_export import writers
+
+    forms = writers.resolve_litert_forms(litert_forms)
     tolerance = verification.TOLERANCE if tolerance is None else tolerance
     max_degradation = verification.MAX_DEGRADATION if max_degradation is None else max_degradation
 
@@ -98,11 +105,11 @@ def export_model(model_dir: str, out_dir: str, formats=DEFAULT_FORMATS, height: 
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
-        files = _write_formats(restored, chosen, staging, calibration, litert_switches)
+        files = _write_formats(restored, chosen, staging, calibration, litert_switches, forms)
         report = _verify(restored, chosen, files, staging, verify, tolerance, max_degradation)
         report.update(model_dir=os.path.abspath(model_dir), which=which, num_calibration=(
             0 if calibration is None else len(calibration)), calibration_source=calibration_source,
-            litert_switches=litert_switches)
+            litert_switches=litert_switches, litert_forms=list(forms))
         failures = {name: f["problems"] for name, f in report["formats"].items() if f["problems"]}
         if failures:
             raise verification.VerificationError(_failure_message(failures), report)
@@ -160,27 +167,27 @@ def _failure_message(failures: Dict[str, list]) -> str:
 
 
 # ----------------------------------------------------------------------------- formats
-def _write_formats(restored, chosen, staging: str, calibration, litert_switches: str) -> Dict[str, str]:
+def _write_formats(restored, chosen, staging: str, calibration, litert_switches: str,
+                   forms: Sequence[str]) -> Dict[str, str]:
     """Writes each format into `staging`; returns format name -> path. The LiteRT formats are
-    converted from a batch-1 SavedModel traced with `litert_switches` pooling switches."""
+    converted from a batch-1 SavedModel traced with `litert_switches` pooling switches and the
+    LiteRT layer `forms` at their precision."""
     from mtpsl_export import writers
-    from mtpsl_tf.models.layers import arithmetic_switches
 
     net, tasks, h, w = restored.network, restored.tasks, restored.height, restored.width
     files = {}
     for fmt in chosen:
         if not fmt.tflite:
             files[fmt.name] = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, fmt.filename))
-    if any(f.tflite for f in chosen):
-        with arithmetic_switches(net) if litert_switches == "arithmetic" else contextlib.nullcontext():
-            scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1,
-                                                uint8=False)
-        representative = None if calibration is None else writers.representative_from(calibration)
-        for fmt in chosen:
-            if fmt.tflite:
-                content = writers.convert_tflite(scratch, fmt.precision, representative)
-                files[fmt.name] = writers.write_tflite(content, os.path.join(staging, fmt.filename))
-        shutil.rmtree(scratch)
+    representative = None if calibration is None else writers.representative_from(calibration)
+    for fmt in chosen:
+        if fmt.tflite:  # traced per precision: a form may apply to some precisions only
+            with writers.litert_forms(net, forms, litert_switches, fmt.precision):
+                scratch = writers.write_saved_model(net, tasks, h, w, os.path.join(staging, ".batch1"), batch=1,
+                                                    uint8=False)
+            content = writers.convert_tflite(scratch, fmt.precision, representative)
+            files[fmt.name] = writers.write_tflite(content, os.path.join(staging, fmt.filename))
+            shutil.rmtree(scratch)
     return files
 
 
@@ -299,6 +306,9 @@ def define_flags(flag_values=None):
     flags.DEFINE_enum("litert_switches", "arithmetic", list(SWITCH_CHOICES),
                       "SegNet pooling switches of the LiteRT formats: arithmetic = inference-only ops XNNPACK "
                       "delegates (same values), compare = the training-time comparison ops.", flag_values=fv)
+    flags.DEFINE_string("litert_forms", "all", "Inference-only layer forms of the LiteRT formats (ops the XNNPACK "
+                        "delegate runs, same outputs up to rounding): all, none, or some of direct_dilation, "
+                        "logit_heads (mtpsl_tf.models.registry.LITERT_FORMS).", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.", flag_values=fv)
     flags.mark_flags_as_required(["model_dir", "out"], flag_values=fv)
 
@@ -323,7 +333,7 @@ def cli(f) -> int:
                               max_degradation=f.max_degradation, overwrite=f.overwrite,
                               images_dir=f.images or None, verify_source=f.verify_source,
                               calibration_dir=f.calibration_images or None,
-                              litert_switches=f.litert_switches)
+                              litert_switches=f.litert_switches, litert_forms=f.litert_forms)
     except VerificationError as err:
         print(summary(err.report), file=sys.stderr)
         print(f"error: {err}\nnothing was written to {f.out!r}", file=sys.stderr)

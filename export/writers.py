@@ -7,12 +7,52 @@ contract's input and output names.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from mtpsl_export import contract
+
+
+ALL_FORMS, NO_FORMS = "all", "none"
+
+
+def resolve_litert_forms(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """`--litert_forms` -> names of `mtpsl_tf.models.registry.LITERT_FORMS`, in registry order.
+
+    "all" (the default): every registered form; "none" or empty: none; else comma-separated
+    names (or a sequence of them). Raises ValueError naming the flag for an unknown name.
+    """
+    from mtpsl_tf.models.registry import LITERT_FORMS
+
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if names == [ALL_FORMS]:
+        return tuple(LITERT_FORMS.names())
+    if names in ([], [NO_FORMS]):
+        return ()
+    unknown = [n for n in names if n not in LITERT_FORMS]
+    if unknown:
+        raise ValueError(f"--litert_forms={','.join(names)}: unknown form {unknown[0]!r}; expected "
+                         f"{ALL_FORMS}, {NO_FORMS} or some of {', '.join(LITERT_FORMS.names())}")
+    return tuple(n for n in LITERT_FORMS.names() if n in names)
+
+
+@contextlib.contextmanager
+def litert_forms(network, forms: Sequence[str], switches: str = "arithmetic", precision: str = "float32"):
+    """Within the block `network` is in the LiteRT layer forms `forms` (resolved names) for
+    `precision` and, with `switches="arithmetic"`, its SegNet pooling computes the XNNPACK
+    switches (`layers.arithmetic_switches`): trace a LiteRT format's SavedModel inside it."""
+    from mtpsl_tf.models.layers import arithmetic_switches
+    from mtpsl_tf.models.registry import LITERT_FORMS
+
+    with contextlib.ExitStack() as stack:
+        if switches == "arithmetic":
+            stack.enter_context(arithmetic_switches(network))
+        for name in forms:
+            stack.enter_context(LITERT_FORMS.get(name)(network, precision))
+        yield
 
 
 def serving_fn(network, tasks: Sequence) -> Callable:

@@ -24,13 +24,13 @@ def _registries():
     from mtpsl_tf.data.registry import AUGMENTATIONS, DATASETS
     from mtpsl_tf.methods.base import METHODS
     from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
-    from mtpsl_tf.models.registry import BACKBONES
+    from mtpsl_tf.models.registry import BACKBONES, LITERT_FORMS
     from mtpsl_tf.tasks.registry import TASKS
     from mtpsl_tf.weighting.base import WEIGHTINGS
 
     return {"method": METHODS, "weighting": WEIGHTINGS, "task": TASKS, "dataset": DATASETS,
             "backbone": BACKBONES, "mapping encoder": MAPPING_ENCODERS, "augmentation": AUGMENTATIONS,
-            "export format": FORMATS}
+            "export format": FORMATS, "LiteRT layer form": LITERT_FORMS}
 
 
 @pytest.mark.parametrize("axis, expected", [
@@ -39,6 +39,7 @@ def _registries():
     ("dataset", {"synthetic", "nyuv2", "cityscapes", "pascal_context"}), ("backbone", {"segnet", "resnet18_aspp"}),
     ("mapping encoder", {"segnet"}), ("augmentation", {"mtan", "mtl_pytorch"}),
     ("export format", {"saved_model", "tflite", "tflite_fp16", "tflite_int8"}),
+    ("LiteRT layer form", {"direct_dilation", "logit_heads"}),
 ])
 def test_each_registry_loads_its_module_list(axis, expected):
     registry = _registries()[axis]

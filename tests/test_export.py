@@ -108,7 +108,10 @@ def test_export_with_a_prepared_dataset_reports_metrics_and_calibration(exported
     assert report["task_metrics"] and report["verify_source"] == "synthetic test split (first examples)"
     assert report["calibration_source"] == "synthetic training split" and report["num_calibration"] == 8
     assert report["litert_switches"] == "arithmetic"
-    assert report["formats"]["tflite"]["xnnpack_delegated_nodes"] <= 2
+    assert report["litert_forms"] == ["direct_dilation", "logit_heads"]
+    # One XNNPACK partition; only the label's ARG_MAX (no XNNPACK op) runs after it.
+    assert report["formats"]["tflite"]["xnnpack_delegated_nodes"] == 1
+    assert "LOG_SOFTMAX" not in report["formats"]["tflite"]["tflite"]["ops"]
     assert "int8 calibrated on 8 images: synthetic training split" in (exported / "model_card.md").read_text()
 
 

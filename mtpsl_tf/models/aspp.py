@@ -28,6 +28,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from mtpsl_tf.models.dilated_conv import DilatedConv2D
 from mtpsl_tf.models.heads import ACTIVATIONS, check_activation
 from mtpsl_tf.models.layers import PACKAGE, BatchNorm
 
@@ -77,7 +78,7 @@ class ASPPConv(keras.layers.Layer):
         self.filters = filters
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.conv = keras.layers.Conv2D(
+        self.conv = DilatedConv2D(
             filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
             kernel_initializer=torch_default_kernel_initializer(), name="conv")
         self.bn = BatchNorm(name="bn")
@@ -127,11 +128,11 @@ class ASPP(keras.layers.Layer):
     def call(self, x, training=False):
         outs = [branch(x, training=training) for branch in self.branches]
         # AdaptiveAvgPool2d(1) (mean in float32), conv, then back to h x w. Bilinear
-        # upsampling of a 1x1 map is the constant map, so broadcasting is exact.
+        # upsampling of a 1x1 map is the constant map, so broadcasting is exact. A product
+        # with ones, not TILE: LiteRT's XNNPACK delegate runs MUL but not TILE.
         pooled = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2], keepdims=True)
         pooled = self.pooling(pooled, training=training)
-        shape = tf.shape(x)
-        outs.append(tf.tile(pooled, [1, shape[1], shape[2], 1]))
+        outs.append(pooled * tf.ones_like(x[..., :1], dtype=pooled.dtype))
         y = self.project(tf.concat(outs, axis=-1), training=training)
         return self.drop(y, training=training)
 

@@ -45,6 +45,7 @@ import tensorflow as tf
 from mtpsl_tf.models import registry
 from mtpsl_tf.models.aspp import ASPP_CHANNELS, ATROUS_RATES, DROPOUT, DeepLabHead, channels_shape
 from mtpsl_tf.models.backbone import Backbone
+from mtpsl_tf.models.dilated_conv import DilatedConv2D
 from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.layers import PACKAGE, BatchNorm
 
@@ -69,11 +70,12 @@ def kaiming_normal_fan_out() -> keras.initializers.Initializer:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TorchConv2D(keras.layers.Conv2D):
+class TorchConv2D(DilatedConv2D):
     """Conv2D with PyTorch's padding: `torch_padding` zeros on every side, then a VALID conv.
 
     Same arguments as `keras.layers.Conv2D` except `padding` (always "valid" after the explicit
-    padding); `use_bias` defaults to False and the kernel initialiser to torchvision's.
+    padding); `use_bias` defaults to False and the kernel initialiser to torchvision's. A
+    `DilatedConv2D`, so the export can compute its dilation directly (`dilation_ops`).
 
     Args:
         torch_padding: zeros added before and after both spatial axes (`nn.Conv2d(padding=p)`).
