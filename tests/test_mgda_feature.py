@@ -76,6 +76,20 @@ def test_feature_weights_follow_the_shared_representation_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6 * max(1.0, np.abs(b).max()), err_msg=v.path)
 
 
+def test_feature_mode_under_mixed_float16():
+    """The shared representation is float16 there (the heads' own input, not a float32 copy,
+    which the losses would not reach): its gradients exist and give convex weights."""
+    from mtpsl_tf.training.run import dtype_policy
+
+    with dtype_policy("mixed_float16"):
+        model = _model()
+        assert model.network(tf.zeros([1, H, W, 3]))["shared"].dtype == tf.float16
+        model.compute_gradients(_batch(model.tasks))
+    got = np.array([float(model.method.weighting.weights()[n]) for n in model.method.weighting.task_names])
+    assert np.isfinite(got).all() and got.sum() == pytest.approx(1.0, abs=1e-5) and got[2] == 0.0
+    assert 0.0 < got[0] < 1.0, got  # the semantic and depth gradients reached the solver
+
+
 def test_feature_mode_refuses_a_backbone_without_a_shared_representation():
     from mtpsl_tf.data.registry import DATASETS
     from mtpsl_tf.methods.facts import build_method, complete_options
