@@ -410,7 +410,8 @@ def test_famo_absent_task_gets_no_weight_and_no_feedback():
 
 @pytest.mark.parametrize("name, options", [("uncertainty", {}), ("dwa", {}), ("gradnorm", {}),
                                            ("mgda", {"mgda_on": "parameters"}), ("mgda", {"mgda_on": "feature"}),
-                                           ("pcgrad", {}), ("cagrad", {}), ("famo", {})])
+                                           ("pcgrad", {}), ("cagrad", {}), ("famo", {})],
+                         ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else v)
 def test_weighting_step_compiles_under_xla(name, options):
     w = make(name, **options)
     features = {n: [tf.constant(np.full(s, float(i + 1) * (i != 2), np.float32)) for s in FEATURE_SHAPES]
