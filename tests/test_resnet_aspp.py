@@ -240,7 +240,8 @@ def test_registered():
 
 def test_output_keys_shapes_dtypes(model):
     out = model(_images([2, 64, 64, 3]), training=False)
-    assert set(out) == set(HEADS) | {"feature"}
+    assert set(out) == set(HEADS) | {"feature", "shared"}
+    assert out["shared"] is out["feature"]  # float32: the heads' input itself (MGDA-UB's Z)
     for name, spec in HEADS.items():
         assert out[name].shape == (2, 64, 64, spec["channels"]) and out[name].dtype == tf.float32, name
     assert out["feature"].shape == (2, 8, 8, FILTERS[4]) and out["feature"].dtype == tf.float32  # stride 8

@@ -179,7 +179,8 @@ def test_two_task_cityscapes_heads():
              "depth": {"channels": 1, "activation": "linear"}}
     model = built_segnet(heads, filters=[4, 4, 8, 8, 8], size=(32, 64))
     out = model(tf.random.uniform([2, 32, 64, 3]), training=True)
-    assert sorted(out) == ["depth", "feature", "semantic"]
+    assert sorted(out) == ["depth", "feature", "semantic", "shared"]
+    assert out["shared"].shape == (2, 32, 64, 4)  # the decoder output both heads read
     assert out["semantic"].shape == (2, 32, 64, 7) and out["depth"].shape == (2, 32, 64, 1)
     np.testing.assert_allclose(tf.reduce_sum(tf.exp(out["semantic"]), -1).numpy(), 1.0, rtol=1e-5)
     assert [p for _, p in torch_name_map(model) if p.startswith("pred_task")] == [

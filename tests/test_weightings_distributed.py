@@ -34,9 +34,10 @@ SCRIPT = textwrap.dedent(r'''
     PRESENT = {n: tf.constant(p) for n, p in zip(TASKS, (True, True, False))}
     SHARE = (0.3, 0.7)                 # replica 0's and replica 1's share of every value
 
-    def make(name):
+    def make(case):
+        name, _, mode = case.partition(":")
         cls = WEIGHTINGS.get(name)
-        w = cls(WeightingFacts(TASKS, {}, seed=1, options=cls.Options()))
+        w = cls(WeightingFacts(TASKS, {}, seed=1, options=cls.Options(**({"mgda_on": mode} if mode else {}))))
         w.build()
         return w
 
@@ -45,13 +46,19 @@ SCRIPT = textwrap.dedent(r'''
                  for i, n in enumerate(TASKS)}
         return grads, {n: tf.constant(L[i]) * share for i, n in enumerate(TASKS)}
 
-    def step(w, share):
+    def step(w, share, part):
         grads, losses = inputs(share)
         variables = w.trainable_variables()
+        if w.gradient_source == "shared_feature":
+            # Each replica holds its own images' part of the shared representation (`part`
+            # masks the gradient's coordinates), so the parts' Gram matrices sum to the global one.
+            w.observe_feature_gradients({n: [tf.constant(G[i]) * part] for i, n in enumerate(TASKS)}, losses, PRESENT)
         with tf.GradientTape() as tape:
             total = w.combine(losses, PRESENT)
         # The tape's gradients of the weighting's variables (None where another rule trains them).
         out = [tf.convert_to_tensor(g) for g in tape.gradient(total, variables) if g is not None]
+        if w.gradient_source == "shared_feature":
+            out.append(total)  # the replicas' shares of sum_t w_t L_t
         if w.gradient_source == "shared_parameters":
             out += [tf.reshape(g, [-1]) for g in w.combine_gradients(grads, losses, PRESENT)]
             own = w.variable_gradients(grads, losses, PRESENT, 0)
@@ -60,15 +67,17 @@ SCRIPT = textwrap.dedent(r'''
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
-    for name in ("uncertainty", "gradnorm", "mgda", "pcgrad", "cagrad", "famo"):
+    PARTS = tf.constant([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
+    for name in ("uncertainty", "gradnorm", "mgda:parameters", "mgda:feature", "pcgrad", "cagrad", "famo"):
         single = make(name)
-        expected = [step(single, 1.0) for _ in range(2)]
+        expected = [step(single, 1.0, tf.ones([6])) for _ in range(2)]
         with strategy.scope():
             mirrored = make(name)
         got = []
         for _ in range(2):
             per_replica = strategy.run(tf.function(lambda: step(
-                mirrored, tf.gather(tf.constant(SHARE), tf.distribute.get_replica_context().replica_id_in_sync_group))))
+                mirrored, tf.gather(tf.constant(SHARE), tf.distribute.get_replica_context().replica_id_in_sync_group),
+                tf.gather(PARTS, tf.distribute.get_replica_context().replica_id_in_sync_group))))
             got.append([strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in per_replica])
         assert [len(e) for e in expected] == [len(g) for g in got], name
         weights = [float(mirrored.weights()[n]) for n in TASKS], [float(single.weights()[n]) for n in TASKS]
@@ -89,7 +98,8 @@ def mirrored():
     return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "mgda", "pcgrad", "cagrad", "famo"])
+@pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "mgda:parameters", "mgda:feature", "pcgrad", "cagrad",
+                                  "famo"])
 def test_mirrored_weighting_equals_single_device(mirrored, name):
     r = mirrored[name]
     assert r["count"] > 0

@@ -173,7 +173,7 @@ def _min_norm_two(a, b):
 
 def test_mgda_two_tasks_matches_the_closed_form():
     tasks = ("depth", "normal")
-    w = make("mgda", tasks=tasks)
+    w = make("mgda", tasks=tasks, mgda_on="parameters")
     for losses, rows in (([0.5, 2.0], G[:2]), ([0.4, 1.5], G[1:]), ([1.0, 1.0], G[[0, 2]])):
         normalised = rows / np.array(losses)[:, None]
         gamma = _min_norm_two(normalised[0], normalised[1])
@@ -183,7 +183,7 @@ def test_mgda_two_tasks_matches_the_closed_form():
 
 
 def test_mgda_three_tasks_is_the_min_norm_point_of_the_hull():
-    w = make("mgda")
+    w = make("mgda", mgda_on="parameters")
     losses = np.array([1.0, 0.5, 2.0])
     w.combine_gradients(grads_of(G), named(losses), flags([1, 1, 1]))
     got = weights_of(w)
@@ -196,7 +196,7 @@ def test_mgda_three_tasks_is_the_min_norm_point_of_the_hull():
 
 
 def test_mgda_absent_task_gets_weight_zero():
-    w = make("mgda")
+    w = make("mgda", mgda_on="parameters")
     g = G.copy()
     g[0] = 0.0
     combined = w.combine_gradients(grads_of(g), named([0.0, 0.5, 2.0]), flags([0, 1, 1]))
@@ -204,6 +204,88 @@ def test_mgda_absent_task_gets_weight_zero():
     gamma = _min_norm_two(n[0], n[1])
     np.testing.assert_allclose(weights_of(w), [0.0, gamma, 1 - gamma], atol=1e-5)
     np.testing.assert_allclose(flat(combined), gamma * G[1] + (1 - gamma) * G[2], rtol=1e-4, atol=1e-5)
+
+
+def _np_min_norm_fw(gram, mask, iterations=250):
+    """numpy transcription of Sener & Koltun's MinNormSolver.find_min_norm_element_FW on a
+    Gram matrix, restricted to the tasks with mask 1: start uniform, move towards the vertex
+    of smallest (G w)_t with the exact line search of `_min_norm_element_from2`."""
+    mask = np.asarray(mask, np.float64)
+    w = mask / mask.sum()
+    for _ in range(iterations):
+        gw = gram @ w
+        t = int(np.argmin(np.where(mask > 0, gw, np.inf)))
+        v1v1, v1v2, v2v2 = w @ gw, gw[t], gram[t, t]
+        if v1v2 >= v1v1:
+            gamma = 1.0
+        elif v1v2 >= v2v2:
+            gamma = 0.0
+        else:
+            gamma = (v2v2 - v1v2) / (v1v1 + v2v2 - 2 * v1v2)
+        w = gamma * w + (1 - gamma) * np.eye(len(w))[t]
+    return w
+
+
+def _np_normaliser(rows, losses, kind):
+    """The reference's `gradient_normalizers` (min_norm_solvers.py) per task row."""
+    norm = np.linalg.norm(rows, axis=1)
+    return {"loss": losses, "loss+": losses * norm, "l2": norm, "none": np.ones_like(losses)}[kind]
+
+
+FEATURE_SHAPES = ([2, 2, 2, 3], [1, 4, 2, 3])  # two network calls' shared outputs (e.g. two views)
+
+
+def _feature_grads(rng, present=(1, 1, 1)):
+    """task -> [one gradient per call] (an absent task's are 0) and the task rows [T, N]."""
+    grads = {n: [rng.normal(size=s).astype(np.float32) * p for s in FEATURE_SHAPES] for n, p in zip(TASKS, present)}
+    rows = np.stack([np.concatenate([g.reshape(-1) for g in grads[n]]).astype(np.float64) for n in TASKS])
+    return {n: [tf.constant(g) for g in gs] for n, gs in grads.items()}, rows
+
+
+@pytest.mark.parametrize("normalisation", ["loss", "loss+", "l2", "none"])
+def test_mgda_feature_weights_are_the_reference_min_norm_of_normalised_gradients(normalisation):
+    """Feature mode (MGDA-UB): weights from the shared representation's task gradients (all
+    calls concatenated), normalised as the reference; `combine` is sum_t w_t L_t, w constant."""
+    w = make("mgda", mgda_normalisation=normalisation)
+    assert w.gradient_source == "shared_feature"
+    rng = np.random.default_rng(5)
+    for losses in ([1.2, 0.7, 0.3], [0.5, 2.0, 1.0]):
+        grads, rows = _feature_grads(rng)
+        w.observe_feature_gradients(grads, named(losses), flags([1, 1, 1]))
+        normalised = rows / _np_normaliser(rows, np.array(losses), normalisation)[:, None]
+        want = _np_min_norm_fw(normalised @ normalised.T, [1, 1, 1])
+        np.testing.assert_allclose(weights_of(w), want, atol=2e-5)
+        # ... and it is the minimum-norm point of the hull (checked on a grid).
+        grid = np.array([(a, b, 1 - a - b) for a in np.linspace(0, 1, 101) for b in np.linspace(0, 1, 101)
+                         if a + b <= 1 + 1e-12])
+        assert np.linalg.norm(weights_of(w) @ normalised) <= np.min(np.linalg.norm(grid @ normalised, axis=1)) + 1e-4
+        loss_t = named(losses)
+        with tf.GradientTape() as tape:
+            tape.watch(list(loss_t.values()))
+            total = w.combine(loss_t, flags([1, 1, 1]))
+        assert float(total) == pytest.approx(float(weights_of(w) @ np.array(losses)), rel=1e-6)
+        d = tape.gradient(total, [loss_t[n] for n in TASKS])
+        np.testing.assert_allclose([float(x) for x in d], weights_of(w), rtol=1e-6)  # weights held constant
+
+
+def test_mgda_feature_absent_task_gets_weight_zero():
+    w = make("mgda")
+    grads, rows = _feature_grads(np.random.default_rng(6), present=(1, 0, 1))
+    w.observe_feature_gradients(grads, named([0.8, 0.0, 1.5]), flags([1, 0, 1]))
+    normalised = rows / np.array([0.8, 1.0, 1.5])[:, None]
+    want = _np_min_norm_fw(normalised @ normalised.T, [1, 0, 1])
+    assert weights_of(w)[1] == 0.0
+    np.testing.assert_allclose(weights_of(w), want, atol=2e-5)
+    a, b = normalised[0], normalised[2]
+    np.testing.assert_allclose(weights_of(w)[0], _min_norm_two(a, b), atol=2e-5)  # the two-task closed form
+
+
+@pytest.mark.parametrize("flag, value", [("mgda_on", "features"), ("mgda_normalisation", "loss++")])
+def test_mgda_bad_option_names_the_flag(flag, value):
+    from mtpsl_tf.weighting.mgda import Options
+
+    with pytest.raises(ValueError, match=f"--{flag} must be one of"):
+        Options(**{flag: value}).validate()
 
 
 # ---------------------------------------------------------------------------- pcgrad
@@ -326,12 +408,19 @@ def test_famo_absent_task_gets_no_weight_and_no_feedback():
     np.testing.assert_allclose(d, (np.diag(z) - np.outer(z, z)) @ delta, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "cagrad", "famo"])
-def test_weighting_step_compiles_under_xla(name):
-    w = make(name)
+@pytest.mark.parametrize("name, options", [("uncertainty", {}), ("dwa", {}), ("gradnorm", {}),
+                                           ("mgda", {"mgda_on": "parameters"}), ("mgda", {"mgda_on": "feature"}),
+                                           ("pcgrad", {}), ("cagrad", {}), ("famo", {})],
+                         ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else v)
+def test_weighting_step_compiles_under_xla(name, options):
+    w = make(name, **options)
+    features = {n: [tf.constant(np.full(s, float(i + 1) * (i != 2), np.float32)) for s in FEATURE_SHAPES]
+                for i, n in enumerate(TASKS)}
 
     @tf.function(jit_compile=True)
     def step(losses, present, grads):
+        if w.gradient_source == "shared_feature":
+            w.observe_feature_gradients(features, losses, present)
         out = [w.combine(losses, present)]
         if w.gradient_source == "shared_parameters":
             out += w.combine_gradients(grads, losses, present)

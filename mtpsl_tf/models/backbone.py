@@ -8,7 +8,7 @@ differs from the defaults and registers a builder in `models.registry.BACKBONES`
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import ClassVar, Dict, List, Mapping
+from typing import ClassVar, Dict, List, Mapping, Optional
 
 import keras
 
@@ -46,6 +46,10 @@ class Backbone(keras.Model):
     """Export format name (`mtpsl_export.formats`) -> why it is refused. The exporter refuses
     these before writing anything; the keys are the refused names."""
 
+    shared_output: ClassVar[Optional[str]] = None
+    """The output key of the representation every task head reads, exactly the tensor the
+    heads take (compute dtype), or None when the heads read task-specific features (MTAN):
+    what `--mgda_on=feature` differentiates each task's loss with respect to (MGDA-UB)."""
     slow_under_xla_on_cpu: ClassVar[bool] = False
     """True when XLA on a CPU-only machine makes training much slower (the trainer warns when
     --xla is set there)."""

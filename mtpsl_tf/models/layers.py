@@ -8,6 +8,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from mtpsl_tf.distribute import replica_sum
+
 PACKAGE = "mtpsl_tf"
 
 
@@ -35,7 +37,15 @@ class BatchNorm(keras.layers.Layer):
     Training normalises with the batch's biased variance and updates the running
     variance with the *unbiased* one (Bessel-corrected, as `torch.nn.BatchNorm2d`),
     which Keras' BatchNormalization does not; inference uses the running statistics.
-    Statistics are computed in float32 whatever the compute dtype.
+    Statistics are computed in float32 under mixed precision (float16/bfloat16 compute) and
+    in float64 when the layer computes in float64 (tests that must see no float32 rounding).
+
+    Under a tf.distribute strategy each replica normalises with its own batch's statistics
+    (as PyTorch DataParallel), but the running statistics are updated from the GLOBAL batch
+    (mean and Bessel-corrected variance of all replicas' pixels, two all-reduces of `[C+1]`),
+    so every replica stores the same running values, equal to one device's on the global
+    batch. (Without this each replica's copy of the running mean drifted to its own batch's,
+    and the checkpoint kept the first replica's.)
 
     Args:
         epsilon: added to the variance (PyTorch default 1e-5).
@@ -59,22 +69,39 @@ class BatchNorm(keras.layers.Layer):
         )
 
     def call(self, x, training=False):
-        x32 = tf.cast(x, tf.float32)
+        # At least float32: float16 / bfloat16 statistics would lose the variance.
+        x32 = tf.cast(x, tf.float64 if self.compute_dtype == "float64" else tf.float32)
         # Variables are created with autocast=False: statistics and the affine transform stay
         # in float32 under mixed precision.
         gamma, beta = self.gamma, self.beta
         if training:
             mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
-            n = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
-            unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+            running_mean, unbiased = self._running_statistics(tf.stop_gradient(x32), tf.stop_gradient(mean),
+                                                              tf.stop_gradient(variance))
             m = self.momentum
-            self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
-            self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
+            self.moving_mean.assign(self.moving_mean * (1.0 - m) + tf.cast(running_mean, self.moving_mean.dtype) * m)
+            self.moving_variance.assign(self.moving_variance * (1.0 - m) + tf.cast(unbiased, self.moving_variance.dtype) * m)
         else:
             mean, variance = self.moving_mean, self.moving_variance
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
         shift = beta - mean * scale
         return tf.cast(x32 * scale + shift, self.compute_dtype)
+
+    @staticmethod
+    def _running_statistics(x, mean, variance):
+        """(mean `[C]`, Bessel-corrected variance `[C]`) for the running statistics: of this
+        batch `x` `[B, H, W, C]` (whose `mean` / biased `variance` are given) on one replica,
+        of every replica's pixels under a strategy. Two all-reduces (sums and count, then
+        squared deviations from the global mean) rather than a sum of squares, which cancels
+        in float32."""
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
+        if tf.distribute.get_replica_context() is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            return mean, variance * n / tf.maximum(n - 1.0, 1.0)
+        sums = replica_sum(tf.concat([tf.reduce_sum(x, axis=[0, 1, 2]), n[None]], 0))
+        count = sums[-1]
+        mean = sums[:-1] / count
+        squares = replica_sum(tf.reduce_sum(tf.math.squared_difference(x, mean), axis=[0, 1, 2]))
+        return mean, squares / tf.maximum(count - 1.0, 1.0)
 
     def get_config(self):
         config = super().get_config()

@@ -247,11 +247,13 @@ class ResNetASPP(Backbone):
         dropout: ASPP projection dropout (0.5).
 
     Call: `model(images [B,H,W,3] in [0, 1], training)` -> `{task: [B,H,W,channels] float32,
-    "feature": [B,H/8,W/8,filters[4]] float32}`, "feature" being the layer4 output every head
-    reads. Any H, W >= 1 work; the heads upsample bilinearly to exactly H x W.
+    "feature": [B,H/8,W/8,filters[4]] float32, "shared": the same in the compute dtype}`,
+    "feature" being the layer4 output every head reads ("shared" is exactly the heads' input
+    tensor, for MGDA-UB). Any H, W >= 1 work; the heads upsample bilinearly to exactly H x W.
     """
 
     feature_stride = OUTPUT_STRIDE
+    shared_output = "shared"
     input_multiple = 1  # any H, W >= 1: the heads upsample to exactly H x W
     # XLA's CPU convolutions are slow with dilation (measured: a 512x512 training step 2.6x
     # slower than without XLA); the trainer warns when --xla is set on a CPU-only machine.
@@ -292,6 +294,7 @@ class ResNetASPP(Backbone):
         outputs = {name: head(feature, output_size=size, training=training)
                    for name, head in self.task_heads.items()}
         outputs["feature"] = tf.cast(feature, tf.float32)
+        outputs[self.shared_output] = feature
         return outputs
 
     def get_config(self):

@@ -34,11 +34,13 @@ class SegNet(Backbone):
         filters: five widths overriding the variant's (tests use tiny widths).
 
     Call: `model(images [B,H,W,3], training)` with H, W multiples of 32 returns a dict
-    `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]]}`; "feature"
-    is the last max-pooled encoder output (the method's regularisation target).
+    `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]], "shared":
+    [B,H,W,filters[0]]}`; "feature" is the last max-pooled encoder output (the method's
+    regularisation target), "shared" the decoder output every head reads (compute dtype).
     """
 
     feature_stride = STRIDE
+    shared_output = "shared"
     input_multiple = STRIDE  # the unpooling switches need every pooled size even
 
     def __init__(
@@ -103,6 +105,7 @@ class SegNet(Backbone):
                 x = block(x, training=training)
         outputs = {name: head(x) for name, head in self.task_heads.items()}
         outputs["feature"] = tf.cast(feature, tf.float32)
+        outputs[self.shared_output] = x  # the heads' own input: MGDA-UB differentiates it
         return outputs
 
     def last_shared_kernel(self):

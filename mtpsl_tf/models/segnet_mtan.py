@@ -120,6 +120,8 @@ class SegNetMTAN(SegNet):
     output, as SegNet's (the MTPSL regulariser's target and mapping-encoder shape).
     """
 
+    shared_output = None  # each head reads its own attention-gated feature
+
     def _build_layers(self):
         super()._build_layers()
         f = self.filters

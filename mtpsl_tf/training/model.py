@@ -10,34 +10,40 @@ import tensorflow as tf
 from mtpsl_tf.distribute import replica_sum
 from mtpsl_tf.methods.base import Method
 from mtpsl_tf.tasks.base import Task
-from mtpsl_tf.weighting.base import SHARED_PARAMETERS
+from mtpsl_tf.weighting.base import SHARED_FEATURE, SHARED_PARAMETERS
 
 
 NONFINITE = "nonfinite_steps"
 
 
-def _apply_if(condition: tf.Tensor, apply_fn) -> None:
-    """Runs `apply_fn` (optimiser updates) when `condition` (the same on every replica)
+def _apply_if(condition: tf.Tensor, apply_fn, grads) -> None:
+    """Runs `apply_fn(grads)` (optimiser updates) when `condition` (the same on every replica)
     holds. Under a tf.distribute strategy the branch is chosen in the cross-replica context:
     an optimiser's update merges across replicas, which a cond in the replica context cannot
-    contain (Keras' LossScaleOptimizer skips steps the same way)."""
+    contain (Keras' LossScaleOptimizer skips steps the same way).
+
+    `grads` (this replica's gradients) travel through the merge as per-replica values and come
+    back to each replica as its own. They must not be captured by `apply_fn`'s closure: the
+    merge runs ONE replica's closure on every replica, so each would apply the first
+    replica's gradients (MirroredStrategy with 2 devices then trained on replica 0's
+    gradient x 2, the other half of the batch ignored)."""
 
     def run():
-        apply_fn()
+        apply_fn(grads)
         return tf.constant(True)
 
     if not tf.distribute.has_strategy():
         tf.cond(condition, run, lambda: tf.constant(False))
         return
 
-    def cross_replica(distribution, condition):
+    def cross_replica(distribution, condition, grads):
         def run_each():
-            distribution.extended.call_for_each_replica(apply_fn)
+            distribution.extended.call_for_each_replica(apply_fn, args=(grads,))
             return tf.constant(True)
 
         tf.cond(distribution.experimental_local_results(condition)[0], run_each, lambda: tf.constant(False))
 
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, grads))
 
 
 def _for_keras_reduction(logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -47,6 +53,25 @@ def _for_keras_reduction(logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
     return logs
+
+
+class _SharedOutputs:
+    """The network as a method calls it, keeping each call's shared representation
+    (`Backbone.shared_output`, the tensor every head reads) in `shared`, so the step can
+    differentiate each task's loss with respect to it (`--mgda_on=feature`). Everything else
+    is the network's."""
+
+    def __init__(self, network):
+        self.network = network
+        self.shared = []
+
+    def __call__(self, images, training=False, **kwargs):
+        outputs = self.network(images, training=training, **kwargs)
+        self.shared.append(outputs[self.network.shared_output])
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.network, name)
 
 
 class MultiTaskModel(keras.Model):
@@ -82,6 +107,11 @@ class MultiTaskModel(keras.Model):
         # A weighting whose weights change logs them each step ("weight/<task>": the weights
         # this step applied; in the epoch logs and history.json, the last step's).
         self.log_weights = not method.weighting.constant_weights
+        if method.weighting.gradient_source == SHARED_FEATURE and network.shared_output is None:
+            raise ValueError(
+                f"--mgda_on=feature (the weighting differentiates the shared representation) needs a backbone whose "
+                f"task heads all read one shared representation; {type(network).__name__} has none (its heads read "
+                f"task-specific features): use --mgda_on=parameters")
         self.group_optimizers: Dict[str, keras.optimizers.Optimizer] = {}
 
     def call(self, images, training=False):
@@ -118,7 +148,7 @@ class MultiTaskModel(keras.Model):
         # Read before the update: the weights this step used.
         applied = self.method.weighting.weights() if self.log_weights else {}
 
-        def apply_groups(names):
+        def apply_groups(names, grads):
             start = 0
             for name in groups:
                 count = len(groups[name])
@@ -126,22 +156,22 @@ class MultiTaskModel(keras.Model):
                     self._apply(name, list(zip(grads[start:start + count], groups[name])), main)
                 start += count
 
-        def apply_all():
-            apply_groups(set(groups))
+        def apply_all(grads):
+            apply_groups(set(groups), grads)
             self.method.after_update()
 
         if isinstance(main, keras.optimizers.LossScaleOptimizer):
             # The loss-scale optimiser skips (and lowers its scale) on its own; the other
             # groups' plain optimisers must skip a step with an overflowing scaled gradient
             # too, or it writes inf into their variables (e.g. MTPSL's FiLM tables).
-            apply_groups({"main"})
+            apply_groups({"main"}, grads)
             others = set(groups) - {"main"}
             _apply_if(self._all_finite(total, grads),
-                      lambda: (apply_groups(others), self.method.after_update()))
+                      lambda grads: (apply_groups(others, grads), self.method.after_update()), grads)
             self.nonfinite_tracker.update_state(0.0)
         else:
             finite = self._all_finite(total, grads)
-            _apply_if(finite, apply_all)
+            _apply_if(finite, apply_all, grads)
             # `finite` is the same on every replica, like the replica-summed losses below.
             self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         losses = {f"{name}_loss": value for name, value in terms.tasks.items()}
@@ -174,10 +204,23 @@ class MultiTaskModel(keras.Model):
         groups = self.method.variable_groups(self.network)
         main = self.group_optimizers["main"]
         progress = tf.cast(main.iterations, tf.float32) / float(self.steps_per_epoch)
-        per_task = self.method.weighting.gradient_source == SHARED_PARAMETERS
+        source = self.method.weighting.gradient_source
+        per_task = source == SHARED_PARAMETERS
+        by_feature = source == SHARED_FEATURE
         flat = [v for n in groups for v in groups[n]]
-        with tf.GradientTape(persistent=per_task) as tape:
-            terms = self.method.loss_terms(self.network, batch, self.global_batch_size, progress, main.iterations)
+        network = _SharedOutputs(self.network) if by_feature else self.network
+        with tf.GradientTape(persistent=per_task or by_feature) as tape:
+            terms = self.method.loss_terms(network, batch, self.global_batch_size, progress, main.iterations)
+            if by_feature:
+                scaled_tasks = {name: main.scale_loss(loss) for name, loss in terms.tasks.items()}
+        if by_feature:
+            # The weights of `combine` follow from each task's gradient of the shared
+            # representation; the total is then recorded on the same (persistent) tape.
+            feature_grads = {name: [tf.zeros_like(z) if g is None else g
+                                    for g, z in zip(tape.gradient(loss, network.shared), network.shared)]
+                             for name, loss in scaled_tasks.items()}
+            self.method.weighting.observe_feature_gradients(feature_grads, terms.tasks, terms.present)
+        with tape:  # re-entered: the total's operations join the tape
             total = self.method.total(terms)
             scaled = main.scale_loss(total)
             if per_task:  # differentiated separately below, so recorded on the tape here

@@ -4,7 +4,9 @@ A weighting sees, each step, the per-task losses of the method (each replica's s
 global-batch loss, see `Method`) and which tasks have a labelled image in the global batch.
 It returns the total to differentiate; a gradient-based weighting (GradNorm, MGDA, PCGrad)
 also asks `train_step` for the per-task gradients of the shared parameters
-(`gradient_source = SHARED_PARAMETERS`) and combines them itself. It may own variables (with
+(`gradient_source = SHARED_PARAMETERS`) and combines them itself, or for the per-task
+gradients of the shared representation (`SHARED_FEATURE`, MGDA-UB) from which it decides
+the weights of its `combine`. It may own variables (with
 their own optimiser group, e.g. learned log-variances) and state updated once per epoch from
 the logged losses (DWA); both are checkpointed, so resume is exact.
 
@@ -37,6 +39,9 @@ WEIGHTINGS: Registry = Registry("loss weighting", modules=(
 
 TOTAL = "total"  # differentiate the combined total once (no per-task gradients)
 SHARED_PARAMETERS = "shared_parameters"  # per-task gradients of the network's shared variables
+# Per-task gradients of the backbone's shared representation (the tensor every head reads,
+# `Backbone.shared_output`): MGDA-UB's one cheap gradient per task.
+SHARED_FEATURE = "shared_feature"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,14 @@ class LossWeighting:
                           losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor]) -> List[tf.Tensor]:
         """SHARED_PARAMETERS weightings: the shared variables' gradient from each task's
         gradient of them (task -> list aligned with the shared variables, None-free)."""
+        raise NotImplementedError
+
+    def observe_feature_gradients(self, feature_gradients: Mapping[str, Sequence[tf.Tensor]],
+                                  losses: Mapping[str, tf.Tensor], present: Mapping[str, tf.Tensor]) -> None:
+        """SHARED_FEATURE weightings: each task's gradient of this replica's shared
+        representation (task -> one tensor `[B_call, ...]` per network call of the step, zeros
+        where the task's loss does not reach it), given before `combine`, which then applies
+        the weights decided here."""
         raise NotImplementedError
 
     def variable_gradients(self, task_gradients: Mapping[str, Sequence[tf.Tensor]],

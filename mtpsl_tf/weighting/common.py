@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Sequence
 
+import keras
 import tensorflow as tf
 
 from mtpsl_tf.distribute import replica_sum
@@ -30,6 +31,13 @@ def replicas() -> int:
 
 # `value` summed over the replicas (itself with one replica).
 global_sum = replica_sum
+
+
+def variable_dtype() -> str:
+    """The dtype of a weighting's variables trained with the network's (main) optimiser: the
+    global Keras policy's variable dtype, so one all-reduce can batch their gradients with the
+    network's (float32, also under mixed precision; float64 in float64 tests)."""
+    return keras.config.dtype_policy().variable_dtype
 
 
 def uniform_weights(count: int, name: str) -> tf.Variable:

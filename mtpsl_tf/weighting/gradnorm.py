@@ -16,6 +16,12 @@ Partial labels: L_t(0) is the task's loss at the first step it is present (kept 
 checkpointed). Only the tasks present in the global batch enter the means of r and G and
 L_grad, so an absent task's weight gets no gradient that step (its Adam moments still decay
 as any parameter's with a zero gradient); the renormalisation keeps sum_k w_k = K.
+
+Under a tf.distribute strategy the losses and the last shared layer's task gradients are
+all-reduced before the norms are taken, so every replica computes the same GradNorm
+gradient; it returns 1/replicas of it (the optimiser sums replicas) and its variables use
+ONLY_FIRST_REPLICA aggregation. A full mirrored training step equals one device's
+(tests/test_weightings_distributed_step.py, docs/WEIGHTINGS.md).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tensorflow as tf
 
 from mtpsl_tf.options import option
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting
-from mtpsl_tf.weighting.common import EPS, SAME, global_sum, present_vector, replicas, task_vector
+from mtpsl_tf.weighting.common import EPS, SAME, global_sum, present_vector, replicas, task_vector, variable_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +54,8 @@ class GradNorm(LossWeighting):
 
     def build(self):
         count = len(self.task_names)
-        self.task_weights = tf.Variable(tf.ones([count]), trainable=True, name="gradnorm_weights", aggregation=SAME)
+        self.task_weights = tf.Variable(tf.ones([count], variable_dtype()), trainable=True, name="gradnorm_weights",
+                                        aggregation=SAME)
         state = dict(trainable=False, aggregation=SAME)
         self.initial = tf.Variable(tf.zeros([count]), name="gradnorm_initial_losses", **state)
         self.started = tf.Variable(tf.zeros([count]), name="gradnorm_started", **state)
@@ -62,7 +69,8 @@ class GradNorm(LossWeighting):
     def combine(self, losses, present):
         del present
         loss = task_vector(losses, self.task_names)
-        return tf.cast(tf.reduce_sum(tf.stop_gradient(self.task_weights) * loss), list(losses.values())[0].dtype)
+        w = tf.cast(tf.stop_gradient(self.task_weights), tf.float32)
+        return tf.cast(tf.reduce_sum(w * loss), list(losses.values())[0].dtype)
 
     def combine_gradients(self, task_gradients, losses, present):
         w = tf.stop_gradient(self.task_weights)
@@ -98,4 +106,4 @@ class GradNorm(LossWeighting):
         self.task_weights.assign(len(self.task_names) * w / tf.reduce_sum(w))
 
     def weights(self):
-        return {n: self.task_weights[i] for i, n in enumerate(self.task_names)}
+        return {n: tf.cast(self.task_weights[i], tf.float32) for i, n in enumerate(self.task_names)}

@@ -13,8 +13,12 @@ every parameter does; the reference uses none.)
 Partial labels: a task absent from the global batch (L_t = 0) contributes neither its loss
 nor its regulariser s_t / 2, so s_t gets no gradient from that step; without this the
 regulariser alone would drive s_t to -infinity (weight to infinity) for a task that is
-rarely labelled. Under MirroredStrategy each replica adds 1/replicas of the regulariser, so
-the summed gradient equals one device's.
+rarely labelled. Under a tf.distribute strategy `present` is the GLOBAL batch's (a task
+labelled on one replica only is present on all), each replica's L_t is its share of the
+global-batch loss and each replica adds 1/replicas of the regulariser, so the replicas'
+gradients of s (summed by the optimiser) equal one device's; s is an ordinary mirrored
+variable trained by the main optimiser. A full mirrored training step equals one device's
+(tests/test_weightings_distributed_step.py, docs/WEIGHTINGS.md).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tensorflow as tf
 
 from mtpsl_tf.tasks.registry import TASKS
 from mtpsl_tf.weighting.base import WEIGHTINGS, LossWeighting
-from mtpsl_tf.weighting.common import present_vector, replicas, task_vector
+from mtpsl_tf.weighting.common import present_vector, replicas, task_vector, variable_dtype
 
 INITIAL_LOG_VARIANCE = -0.5  # the reference's `Weights.weights.data *= -0.5`
 
@@ -37,7 +41,7 @@ class UncertaintyWeighting(LossWeighting):
         self.factors = tf.constant([TASKS.get(n).uncertainty_factor for n in self.task_names], tf.float32)
 
     def build(self):
-        self.log_variance = tf.Variable(tf.fill([len(self.task_names)], INITIAL_LOG_VARIANCE),
+        self.log_variance = tf.Variable(tf.fill([len(self.task_names)], tf.constant(INITIAL_LOG_VARIANCE, variable_dtype())),
                                         trainable=True, name="uncertainty_log_variance")
 
     def trainable_variables(self):
