@@ -5,7 +5,10 @@
 
 (`benchmarks/weighting_overhead.py` compares the weightings' step times with `fixed`.)
 
-Reports images/s, seconds per step, peak RSS, the step's convolution FLOPs (counted
+Reports images/s, seconds per step, peak RSS, TensorFlow's allocator figures on the CPU
+(`alloc_before_step_mb`: live bytes before the first step, i.e. weights, optimiser slots and
+the batch; `alloc_peak_mb`: the most live at once from then on, XLA temporaries included),
+the step's convolution FLOPs (counted
 from the traced graph: forward and backward Conv2D ops) over its time, and the GFLOP/s
 of a large float32 matmul timed in the same process (the machine's practical peak).
 """
@@ -135,6 +138,11 @@ def _peak_gpu_mb(tf):
     return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
 
 
+def _alloc_mb(tf, key):
+    """TensorFlow's CPU allocator statistic `key` ("current" / "peak") in MiB."""
+    return round(tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20, 1)
+
+
 def main(argv):
     del argv
     import keras
@@ -164,6 +172,8 @@ def main(argv):
                              model.method.two_views, model.method.align_views)
         step = tf.function(model.train_step, jit_compile=FLAGS.xla)
         flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        alloc_before = _alloc_mb(tf, "current")
         for _ in range(FLAGS.warmup):
             tf.nest.map_structure(lambda t: t.numpy(), step(batch))
         start = time.perf_counter()
@@ -171,6 +181,7 @@ def main(argv):
             out = step(batch)
         tf.nest.map_structure(lambda t: t.numpy(), out)
         step_s = (time.perf_counter() - start) / FLAGS.steps
+        alloc_peak = _alloc_mb(tf, "peak")
     peak = matmul_peak()
     result = {
         "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
@@ -181,6 +192,7 @@ def main(argv):
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
         "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }

@@ -40,12 +40,17 @@ class BatchNorm(keras.layers.Layer):
     Args:
         epsilon: added to the variance (PyTorch default 1e-5).
         momentum: PyTorch-style running-average momentum (0.1 = 10% new batch).
+
+    `freeze_statistics` (not a constructor argument, not saved): True while a recomputation
+    of the layer is traced (`models.remat.frozen_statistics`), which must not update the
+    running statistics a second time.
     """
 
     def __init__(self, epsilon: float = 1e-5, momentum: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
         self.momentum = momentum
+        self.freeze_statistics = False
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -68,8 +73,9 @@ class BatchNorm(keras.layers.Layer):
             n = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
             unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
             m = self.momentum
-            self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
-            self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
+            if not self.freeze_statistics:
+                self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
+                self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
         else:
             mean, variance = self.moving_mean, self.moving_variance
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
