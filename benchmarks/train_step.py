@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --method=sl --height=288 --width=384 --batch_size=2 --xla
     python benchmarks/train_step.py --weighting=gradnorm --option=gradnorm_alpha=1.5
+    python benchmarks/train_step.py --method=mtpsl --remat_backbone --option=remat_mapping=true
 
 (`benchmarks/weighting_overhead.py` compares the weightings' step times with `fixed`.)
 
@@ -40,6 +41,8 @@ flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfl
 flags.DEFINE_integer("warmup", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
 flags.DEFINE_string("setting", "onelabel", "Label masks of the random batch: onelabel or full.")
+flags.DEFINE_boolean("remat_backbone", False, "Recompute the backbone's activations in the backward pass "
+                     "(--remat_backbone of train.py).")
 flags.DEFINE_multi_string("option", [], "A method/weighting option as name=value (e.g. remat_mapping=true); "
                           "repeatable.")
 FLAGS = flags.FLAGS
@@ -157,6 +160,7 @@ def main(argv):
     config.method.weighting = FLAGS.weighting
     config.model.filters = FLAGS.filters
     config.model.backbone = FLAGS.backbone
+    config.model.remat_backbone = FLAGS.remat_backbone
     config.data.dataset, config.data.setting = FLAGS.dataset, FLAGS.setting
     config.data.batch_size = FLAGS.batch_size
     config.train.precision = FLAGS.precision
@@ -185,7 +189,7 @@ def main(argv):
     peak = matmul_peak()
     result = {
         "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
-        "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
+        "xla": FLAGS.xla, "remat_backbone": FLAGS.remat_backbone, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
         "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
