@@ -100,7 +100,9 @@ def embed_active_items(
     # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
     # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
     # next to the shared encoder, and it keeps shapes fixed. Under `recompute` each task's
-    # input layer is a segment of its own (one full-resolution map per slot at a time).
+    # input layer is a segment of its own that also adds the previous tasks' sum: the backward
+    # pass then recomputes them one after the other (each waits for the next one's input
+    # gradient), so one task's full-resolution maps are alive at a time, not all T.
     hidden = None
     item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
     for u, name in enumerate(names):
@@ -109,12 +111,12 @@ def embed_active_items(
                                                mapping_net.task_channels[u], gumbel_noise, seed)
         mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
 
-        def input_layer(x, u=u, mine=mine):
-            h = mapping_net.input_layers[u](x * mine, training=training)
-            return h * tf.cast(mine, mapping_net.compute_dtype)
+        def input_layer(x, *before, u=u, mine=mine):
+            h = mapping_net.input_layers[u](x * mine, training=training) * tf.cast(mine, mapping_net.compute_dtype)
+            return h + before[0] if before else h
 
-        h = mapping_net.encoder.segment(input_layer, tf.concat([source_in, target_in], axis=0), recompute)
-        hidden = h if hidden is None else hidden + h
+        x = tf.concat([source_in, target_in], axis=0)
+        hidden = mapping_net.encoder.segment(input_layer, x, recompute, *([] if hidden is None else [hidden]))
     item_pairs = tf.concat([pair, pair], axis=0)
     embeddings = mapping_net.encode(hidden, item_pairs, training, remat=recompute)
     map_source, map_target = tf.split(embeddings, 2, axis=0)

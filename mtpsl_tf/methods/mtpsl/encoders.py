@@ -51,9 +51,10 @@ class MappingEncoder(keras.layers.Layer):
     def film_blocks(self) -> list:
         raise NotImplementedError
 
-    def segment(self, fn, x, remat: bool):
-        """`fn(x)`; with `remat`, only `x` is kept for the backward pass, which recomputes `fn`."""
-        return recompute(fn, self)(x) if remat else fn(x)
+    def segment(self, fn, x, remat: bool, *more):
+        """`fn(x, *more)`; with `remat`, only the inputs are kept for the backward pass, which
+        recomputes `fn`."""
+        return recompute(fn, self)(x, *more) if remat else fn(x, *more)
 
     def make_input_layer(self, name: str) -> keras.layers.Layer:
         """A new task-specific input layer `[N,H,W,C_t] -> [N,H',W',input_width]` (no FiLM);
