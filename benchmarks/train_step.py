@@ -2,10 +2,14 @@
 
     python benchmarks/train_step.py --method=sl --height=288 --width=384 --batch_size=2 --xla
     python benchmarks/train_step.py --weighting=gradnorm --option=gradnorm_alpha=1.5
+    python benchmarks/train_step.py --method=mtpsl --remat_backbone --option=remat_mapping=true
 
 (`benchmarks/weighting_overhead.py` compares the weightings' step times with `fixed`.)
 
-Reports images/s, seconds per step, peak RSS, the step's convolution FLOPs (counted
+Reports images/s, seconds per step, peak RSS, TensorFlow's allocator figures on the CPU
+(`alloc_before_step_mb`: live bytes before the first step, i.e. weights, optimiser slots and
+the batch; `alloc_peak_mb`: the most live at once from then on, XLA temporaries included),
+the step's convolution FLOPs (counted
 from the traced graph: forward and backward Conv2D ops) over its time, and the GFLOP/s
 of a large float32 matmul timed in the same process (the machine's practical peak).
 """
@@ -37,6 +41,8 @@ flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfl
 flags.DEFINE_integer("warmup", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
 flags.DEFINE_string("setting", "onelabel", "Label masks of the random batch: onelabel or full.")
+flags.DEFINE_boolean("remat_backbone", False, "Recompute the backbone's activations in the backward pass "
+                     "(--remat_backbone of train.py).")
 flags.DEFINE_multi_string("option", [], "A method/weighting option as name=value (e.g. remat_mapping=true); "
                           "repeatable.")
 FLAGS = flags.FLAGS
@@ -135,6 +141,11 @@ def _peak_gpu_mb(tf):
     return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
 
 
+def _alloc_mb(tf, key):
+    """TensorFlow's CPU allocator statistic `key` ("current" / "peak") in MiB."""
+    return round(tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20, 1)
+
+
 def main(argv):
     del argv
     import keras
@@ -149,6 +160,7 @@ def main(argv):
     config.method.weighting = FLAGS.weighting
     config.model.filters = FLAGS.filters
     config.model.backbone = FLAGS.backbone
+    config.model.remat_backbone = FLAGS.remat_backbone
     config.data.dataset, config.data.setting = FLAGS.dataset, FLAGS.setting
     config.data.batch_size = FLAGS.batch_size
     config.train.precision = FLAGS.precision
@@ -164,6 +176,8 @@ def main(argv):
                              model.method.two_views, model.method.align_views)
         step = tf.function(model.train_step, jit_compile=FLAGS.xla)
         flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        alloc_before = _alloc_mb(tf, "current")
         for _ in range(FLAGS.warmup):
             tf.nest.map_structure(lambda t: t.numpy(), step(batch))
         start = time.perf_counter()
@@ -171,16 +185,18 @@ def main(argv):
             out = step(batch)
         tf.nest.map_structure(lambda t: t.numpy(), out)
         step_s = (time.perf_counter() - start) / FLAGS.steps
+        alloc_peak = _alloc_mb(tf, "peak")
     peak = matmul_peak()
     result = {
         "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
-        "xla": FLAGS.xla, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
+        "xla": FLAGS.xla, "remat_backbone": FLAGS.remat_backbone, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
         "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
         "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }

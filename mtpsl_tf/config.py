@@ -54,6 +54,10 @@ class ModelConfig:
     pretrained: str = _field(
         "", "Path to ImageNet weights for the backbone (resnet18_aspp: torchvision's resnet18 .pth state "
         "dict, read without executing code). Empty: random init. Never downloaded.")
+    remat_backbone: bool = _field(
+        False, "Recompute the backbone's activations in the backward pass instead of keeping them "
+        "(segnet: its ten stages and the heads; resnet18_aspp: the stem and every residual block): "
+        "less memory, one more backbone forward pass per step; docs/MEMORY.md.")
 
 
 @dataclasses.dataclass

@@ -50,12 +50,17 @@ class BatchNorm(keras.layers.Layer):
     Args:
         epsilon: added to the variance (PyTorch default 1e-5).
         momentum: PyTorch-style running-average momentum (0.1 = 10% new batch).
+
+    `freeze_statistics` (not a constructor argument, not saved): True while a recomputation
+    of the layer is traced (`models.remat.frozen_statistics`), which must not update the
+    running statistics a second time.
     """
 
     def __init__(self, epsilon: float = 1e-5, momentum: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
         self.momentum = momentum
+        self.freeze_statistics = False
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -76,11 +81,14 @@ class BatchNorm(keras.layers.Layer):
         gamma, beta = self.gamma, self.beta
         if training:
             mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
-            running_mean, unbiased = self._running_statistics(tf.stop_gradient(x32), tf.stop_gradient(mean),
-                                                              tf.stop_gradient(variance))
-            m = self.momentum
-            self.moving_mean.assign(self.moving_mean * (1.0 - m) + tf.cast(running_mean, self.moving_mean.dtype) * m)
-            self.moving_variance.assign(self.moving_variance * (1.0 - m) + tf.cast(unbiased, self.moving_variance.dtype) * m)
+            if not self.freeze_statistics:
+                running_mean, unbiased = self._running_statistics(tf.stop_gradient(x32), tf.stop_gradient(mean),
+                                                                  tf.stop_gradient(variance))
+                m = self.momentum
+                self.moving_mean.assign(
+                    self.moving_mean * (1.0 - m) + tf.cast(running_mean, self.moving_mean.dtype) * m)
+                self.moving_variance.assign(
+                    self.moving_variance * (1.0 - m) + tf.cast(unbiased, self.moving_variance.dtype) * m)
         else:
             mean, variance = self.moving_mean, self.moving_variance
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)

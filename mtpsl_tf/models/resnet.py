@@ -48,6 +48,7 @@ from mtpsl_tf.models.backbone import Backbone
 from mtpsl_tf.models.dilated_conv import DilatedConv2D
 from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.layers import PACKAGE, BatchNorm
+from mtpsl_tf.models.remat import recompute
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,15 +184,18 @@ class DilatedResNet18(keras.layers.Layer):
 
     Args:
         filters: widths of the stem and of layer1..layer4 (torchvision: 64, 64, 128, 256, 512).
+        remat: in training, recompute the stem and every residual block in the backward pass
+            (`models.remat`): same values and gradients, less memory.
 
     Sub-layers carry torchvision's names: `conv1`, `bn1`, `layer{i}_{j}` (= `layer{i}.{j}`)
     with `conv1`, `bn1`, `conv2`, `bn2`, `downsample_conv` / `downsample_bn`
     (= `downsample.0` / `downsample.1`).
     """
 
-    def __init__(self, filters: Sequence[int] = DEFAULT_FILTERS, **kwargs):
+    def __init__(self, filters: Sequence[int] = DEFAULT_FILTERS, remat: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = [int(f) for f in filters]
+        self.remat = bool(remat)
         if len(self.filters) != 5 or min(self.filters) <= 0:
             raise ValueError(f"the resnet18 backbone needs 5 positive widths (stem, layer1..layer4), got {self.filters}")
         self.conv1 = TorchConv2D(self.filters[0], 7, 2, torch_padding=3, name="conv1")
@@ -221,15 +225,24 @@ class DilatedResNet18(keras.layers.Layer):
         mean = tf.constant(IMAGENET_MEAN, tf.float32)
         std = tf.constant(IMAGENET_STD, tf.float32)
         x = (tf.cast(images, tf.float32) - mean) / std  # torchvision.transforms.Normalize
-        x = tf.nn.relu(self.bn1(self.conv1(x), training=training))
-        x = max_pool_3x3_s2_p1(x, nonnegative=True)  # after the ReLU
+        x = self._segment(lambda h: self._stem(h, training), x, training)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = self._segment(lambda h, block=block: block(h, training=training), x, training)
         return x
+
+    def _stem(self, x, training):
+        x = tf.nn.relu(self.bn1(self.conv1(x), training=training))
+        return max_pool_3x3_s2_p1(x, nonnegative=True)  # after the ReLU
+
+    def _segment(self, fn, x, training):
+        """`fn(x)`, recomputed in the backward pass under `remat` in training."""
+        if self.remat and training:
+            return recompute(fn, self)(x)
+        return fn(x)
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=list(self.filters))
+        config.update(filters=list(self.filters), remat=self.remat)
         return config
 
 
@@ -245,6 +258,8 @@ class ResNetASPP(Backbone):
         aspp_channels: width of the ASPP branches and of the head's hidden conv (256).
         atrous_rates: ASPP dilations (12, 24, 36).
         dropout: ASPP projection dropout (0.5).
+        remat: recompute the ResNet's stem and blocks in the backward pass (`DilatedResNet18`);
+            the heads are not recomputed (their dropout would draw a new mask).
 
     Call: `model(images [B,H,W,3] in [0, 1], training)` -> `{task: [B,H,W,channels] float32,
     "feature": [B,H/8,W/8,filters[4]] float32, "shared": the same in the compute dtype}`,
@@ -261,7 +276,7 @@ class ResNetASPP(Backbone):
 
     def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int] | None = None,
                  aspp_channels: int = ASPP_CHANNELS, atrous_rates: Sequence[int] = ATROUS_RATES,
-                 dropout: float = DROPOUT, **kwargs):
+                 dropout: float = DROPOUT, remat: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not heads:
             raise ValueError("ResNetASPP needs at least one task head")
@@ -270,11 +285,12 @@ class ResNetASPP(Backbone):
         self.aspp_channels = aspp_channels
         self.atrous_rates = [int(r) for r in atrous_rates]
         self.dropout = dropout
+        self.remat = bool(remat)
         for name, spec in self.heads.items():
             if spec.get("activation") not in ACTIVATIONS:
                 raise ValueError(f"head {name!r}: unknown activation {spec.get('activation')!r}; "
                                  f"expected one of {sorted(ACTIVATIONS)}")
-        self.backbone = DilatedResNet18(self.filters, name="backbone")
+        self.backbone = DilatedResNet18(self.filters, remat=self.remat, name="backbone")
         self.task_heads = {
             name: DeepLabHead(int(spec["channels"]), str(spec["activation"]), aspp_channels,
                               self.atrous_rates, dropout, name=f"head_{name}")
@@ -300,12 +316,13 @@ class ResNetASPP(Backbone):
     def get_config(self):
         config = super().get_config()
         config.update(heads=self.heads, filters=self.filters, aspp_channels=self.aspp_channels,
-                      atrous_rates=list(self.atrous_rates), dropout=self.dropout)
+                      atrous_rates=list(self.atrous_rates), dropout=self.dropout, remat=self.remat)
         return config
 
 
 @registry.BACKBONES.register("resnet18_aspp")
-def build_resnet18_aspp(heads, variant="standard", filters=None, pretrained="", name="resnet18_aspp") -> ResNetASPP:
+def build_resnet18_aspp(heads, variant="standard", filters=None, pretrained="", name="resnet18_aspp",
+                        remat=False) -> ResNetASPP:
     """Registry entry: dilated ResNet-18 + DeepLab-v3 heads (see `ResNetASPP`).
 
     Args:
@@ -315,12 +332,13 @@ def build_resnet18_aspp(heads, variant="standard", filters=None, pretrained="", 
             width scales with the last one (256 at 512; at least 4), so tiny models stay tiny.
         pretrained: path to torchvision's resnet18 ImageNet state dict (.pth), or "" for
             random init. With weights, the model is built before they are loaded.
+        remat: recompute the ResNet's stem and blocks in the backward pass (`ResNetASPP`).
     """
     if variant != "standard":
         raise ValueError(f"unknown resnet18_aspp variant {variant!r}; it has only 'standard' "
                          "(set the widths with --filters)")
     aspp_channels = 256 if filters is None else max(4, 256 * int(filters[-1]) // 512)
-    model = ResNetASPP(heads=heads, filters=filters, aspp_channels=aspp_channels, name=name)
+    model = ResNetASPP(heads=heads, filters=filters, aspp_channels=aspp_channels, remat=remat, name=name)
     if pretrained:
         from mtpsl_tf.interop.resnet import load_torchvision_resnet
         from mtpsl_tf.interop.torch_format import load_torch_file

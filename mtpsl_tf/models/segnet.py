@@ -12,6 +12,7 @@ from mtpsl_tf.models.backbone import Backbone
 from mtpsl_tf.models.heads import ACTIVATIONS, TaskHead
 from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
 from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, ConvBNReLU, MaxUnpool2D
+from mtpsl_tf.models.remat import recompute
 
 VARIANT_FILTERS = {
     "standard": (64, 128, 256, 512, 512),
@@ -32,6 +33,9 @@ class SegNet(Backbone):
         variant: "standard", "wide" (last filter 1024) or "deep" (two conv-BN-ReLU
             per block).
         filters: five widths overriding the variant's (tests use tiny widths).
+        remat: in training, keep only each stage's inputs for the backward pass and recompute
+            its activations there (`models.remat`; the ten encoder/decoder stages, the last
+            one with the heads): same values and gradients, less memory, one more forward pass.
 
     Call: `model(images [B,H,W,3], training)` with H, W multiples of 32 returns a dict
     `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]], "shared":
@@ -48,9 +52,11 @@ class SegNet(Backbone):
         heads: Mapping[str, Mapping[str, object]],
         variant: str = "standard",
         filters: Sequence[int] | None = None,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         if variant not in VARIANT_FILTERS:
             raise ValueError(f"unknown SegNet variant {variant!r}; expected one of {sorted(VARIANT_FILTERS)}")
         if not heads:
@@ -90,23 +96,44 @@ class SegNet(Backbone):
         self.check_input_size(images.shape[1], images.shape[2])
         x, switches = images, []
         for i in range(5):
-            x = self.encoder_block[i](x, training=training)
-            for block in self.conv_block_enc[i]:
-                x = block(x, training=training)
-            x, s = self.pools[i](x)
-            switches.append(s)
+            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x, training)
+            switches.append(tf.stop_gradient(s))  # 0/1 window masks: no gradient, as in the plain pass
         feature = x
         # Decoder stage k mirrors encoder stage 4-k: decoder_block[-k-1], conv_block_dec[-k-1].
-        for k in range(5):
-            i = 4 - k
-            x = self.unpools[i]([x, switches[i]])
-            x = self.decoder_block[i](x, training=training)
-            for block in self.conv_block_dec[i]:
-                x = block(x, training=training)
-        outputs = {name: head(x) for name, head in self.task_heads.items()}
+        for i in range(4, 0, -1):
+            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x, training)
+        names = list(self.task_heads)
+        preds = self._segment(lambda h: self._last_stage(h, switches[0], training), x, training)
+        outputs = dict(zip(names, preds))
         outputs["feature"] = tf.cast(feature, tf.float32)
         outputs[self.shared_output] = x  # the heads' own input: MGDA-UB differentiates it
         return outputs
+
+    def _segment(self, fn, x, training):
+        """`fn(x)`, recomputed in the backward pass under `remat` in training."""
+        if self.remat and training:
+            return recompute(fn, self)(x)
+        return fn(x)
+
+    def _encoder_stage(self, i, x, training):
+        """Encoder stage i: convs then the 2x2 argmax pool -> (pooled, switches)."""
+        x = self.encoder_block[i](x, training=training)
+        for block in self.conv_block_enc[i]:
+            x = block(x, training=training)
+        return self.pools[i](x)
+
+    def _decoder_stage(self, i, x, switches, training):
+        """Decoder stage mirroring encoder stage i: unpool with its switches, then convs."""
+        x = self.unpools[i]([x, switches])
+        x = self.decoder_block[i](x, training=training)
+        for block in self.conv_block_dec[i]:
+            x = block(x, training=training)
+        return x
+
+    def _last_stage(self, x, switches, training):
+        """Decoder stage 0 and the heads -> the predictions in head order."""
+        x = self._decoder_stage(0, x, switches, training)
+        return [head(x) for head in self.task_heads.values()]
 
     def last_shared_kernel(self):
         """The decoder runs its blocks from index 4 down to 0: conv_block_dec[0] is last."""
@@ -114,15 +141,15 @@ class SegNet(Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(heads=self.heads, variant=self.variant, filters=self.filters)
+        config.update(heads=self.heads, variant=self.variant, filters=self.filters, remat=self.remat)
         return config
 
 
 @registry.BACKBONES.register("segnet")
-def build_segnet(heads, variant="standard", filters=None, pretrained="", name="segnet") -> SegNet:
+def build_segnet(heads, variant="standard", filters=None, pretrained="", name="segnet", remat=False) -> SegNet:
     """Registry entry: builds a SegNet from task heads (see `SegNet`). SegNet is trained from
     scratch (as the reference): `pretrained` must be empty."""
     if pretrained:
         raise ValueError(f"--pretrained={pretrained!r}: the segnet backbone has no pretrained weights "
                          "(the reference trains it from scratch); leave --pretrained empty")
-    return SegNet(heads=heads, variant=variant, filters=filters, name=name)
+    return SegNet(heads=heads, variant=variant, filters=filters, remat=remat, name=name)

@@ -186,9 +186,13 @@ class SegNetMTAN(SegNet):
 
 
 @registry.BACKBONES.register("segnet_mtan")
-def build_segnet_mtan(heads, variant="standard", filters=None, pretrained="", name="segnet_mtan") -> SegNetMTAN:
+def build_segnet_mtan(heads, variant="standard", filters=None, pretrained="", name="segnet_mtan",
+                      remat=False) -> SegNetMTAN:
     """Registry entry: a SegNetMTAN from task heads (see `SegNetMTAN`); trained from scratch
-    as mtan: `pretrained` must be empty."""
+    as mtan: `pretrained` must be empty. No recomputation (`remat`) yet."""
+    if remat:
+        raise ValueError("--remat_backbone is not implemented for --backbone=segnet_mtan (its attention "
+                         "branches read every encoder stage); use --noremat_backbone, or --backbone=segnet")
     if pretrained:
         raise ValueError(f"--pretrained={pretrained!r}: the segnet_mtan backbone has no pretrained weights "
                          "(mtan trains it from scratch); leave --pretrained empty")

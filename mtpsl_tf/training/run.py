@@ -90,7 +90,8 @@ def build_network(config: ExperimentConfig, tasks, height: int, width: int, load
     heads = {t.name: t.head_spec for t in tasks}
     pretrained = os.path.expanduser(config.model.pretrained) if load_pretrained else ""
     network = BACKBONES.get(config.model.backbone)(
-        heads=heads, variant=config.model.variant, filters=config.filter_list(), pretrained=pretrained)
+        heads=heads, variant=config.model.variant, filters=config.filter_list(), pretrained=pretrained,
+        remat=config.model.remat_backbone)
     network(tf.zeros([1, height, width, 3]), training=False)  # create variables now
     return network
 

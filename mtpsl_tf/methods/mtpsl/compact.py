@@ -99,7 +99,10 @@ def embed_active_items(
 
     # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
     # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
-    # next to the shared encoder, and it keeps shapes fixed.
+    # next to the shared encoder, and it keeps shapes fixed. Under `recompute` each task's
+    # input layer is a segment of its own that also adds the previous tasks' sum: the backward
+    # pass then recomputes them one after the other (each waits for the next one's input
+    # gradient), so one task's full-resolution maps are alive at a time, not all T.
     hidden = None
     item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
     for u, name in enumerate(names):
@@ -107,15 +110,15 @@ def embed_active_items(
         source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
                                                mapping_net.task_channels[u], gumbel_noise, seed)
         mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
-        x = tf.concat([source_in, target_in], axis=0) * mine
-        h = mapping_net.input_layers[u](x, training=training) * tf.cast(mine, mapping_net.compute_dtype)
-        hidden = h if hidden is None else hidden + h
+
+        def input_layer(x, *before, u=u, mine=mine):
+            h = mapping_net.input_layers[u](x * mine, training=training) * tf.cast(mine, mapping_net.compute_dtype)
+            return h + before[0] if before else h
+
+        x = tf.concat([source_in, target_in], axis=0)
+        hidden = mapping_net.encoder.segment(input_layer, x, recompute, *([] if hidden is None else [hidden]))
     item_pairs = tf.concat([pair, pair], axis=0)
-
-    def encode(x):
-        return mapping_net.encode(x, item_pairs, training)
-
-    embeddings = (tf.recompute_grad(encode) if recompute else encode)(hidden)
+    embeddings = mapping_net.encode(hidden, item_pairs, training, remat=recompute)
     map_source, map_target = tf.split(embeddings, 2, axis=0)
     item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
     return ActiveItems(map_source, map_target, item_feat, tf.cast(image, tf.int32), tf.cast(pair, tf.int32), valid)
@@ -159,8 +162,9 @@ def consistency_loss_compact(
         training: BatchNorm mode of the mapping net (the method uses True: per-item statistics).
         tasks: the Tasks of `mapping_net.task_names` (their `mapping_prediction` /
             `mapping_label` hooks); default the tasks registered under those names.
-        recompute: keep only the shared encoder's input for the backward pass and recompute
-            its activations there (tf.recompute_grad): less memory, one more encoder pass.
+        recompute: keep only the inputs of the mapping net's input layers and FiLM blocks for
+            the backward pass and recompute their activations there (`models.remat`): less
+            memory, one more mapping-net forward pass.
         skip_unannotated: leave out pairs whose target label has no valid pixel (the task's
             `label_annotated`; e.g. PASCAL human parts of an image without people, all ignore),
             whose all-zero mapping input says nothing about the image.

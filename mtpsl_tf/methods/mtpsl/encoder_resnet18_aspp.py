@@ -162,8 +162,8 @@ class ResNet18MappingEncoder(MappingEncoder):
     def film_blocks(self) -> list:
         return [film for block in self.blocks for film in block.film_layers()]
 
-    def call(self, x, pair_idx, training=None):
+    def call(self, x, pair_idx, training=None, remat=False):
         x = max_pool_3x3_s2_p1(x, nonnegative=True)  # the input layers end with a ReLU
         for block in self.blocks:
-            x = block(x, pair_idx, training=training)
+            x = self.segment(lambda h, block=block: block(h, pair_idx, training=training), x, remat)
         return x

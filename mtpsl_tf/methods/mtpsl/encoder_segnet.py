@@ -54,10 +54,19 @@ class SegNetMappingEncoder(MappingEncoder):
             blocks.extend(stage)
         return blocks
 
-    def call(self, x, pair_idx, training=None):
+    def call(self, x, pair_idx, training=None, remat=False):
         for block, stage in zip(self.encoder_blocks, self.conv_blocks_enc):
-            x = block(x, pair_idx, training=training)
-            for conv in stage:
-                x = conv(x, pair_idx, training=training)
-            x = max_pool_2x2(x)
+            convs = [block] + list(stage)
+            for k, conv in enumerate(convs):
+                # Under remat each FiLM conv is its own segment (the stage's last one ends with
+                # the pool): the items run at full resolution, so a whole stage recomputed at
+                # once would hold several full-resolution maps per item again.
+                pool = k == len(convs) - 1
+                x = self.segment(lambda h, conv=conv, pool=pool: self._conv(conv, h, pair_idx, training, pool),
+                                 x, remat)
         return x
+
+    @staticmethod
+    def _conv(conv, x, pair_idx, training, pool):
+        x = conv(x, pair_idx, training=training)
+        return max_pool_2x2(x) if pool else x

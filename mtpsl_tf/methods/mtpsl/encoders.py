@@ -12,6 +12,7 @@ from typing import Sequence
 import keras
 
 from mtpsl_tf.methods.mtpsl.film import InputConvBlock
+from mtpsl_tf.models.remat import recompute
 from mtpsl_tf.registry import Registry
 
 # One line per encoder module (see mtpsl_tf/registry.py); keyed by backbone name.
@@ -31,7 +32,9 @@ class MappingEncoder(keras.layers.Layer):
         epsilon: BatchNorm epsilon.
 
     Subclasses create every sublayer in `__init__`, build them in `build`, and list their
-    FiLM blocks (layers with `gamma`/`beta` tables) in `film_blocks`.
+    FiLM blocks (layers with `gamma`/`beta` tables) in `film_blocks`. `call(x, pair_idx,
+    training, remat=False)`: with `remat`, each block's activations are recomputed in the
+    backward pass (`segment`).
     """
 
     def __init__(self, filters: Sequence[int], num_pairs: int, epsilon: float = 1e-5, **kwargs):
@@ -47,6 +50,11 @@ class MappingEncoder(keras.layers.Layer):
 
     def film_blocks(self) -> list:
         raise NotImplementedError
+
+    def segment(self, fn, x, remat: bool, *more):
+        """`fn(x, *more)`; with `remat`, only the inputs are kept for the backward pass, which
+        recomputes `fn`."""
+        return recompute(fn, self)(x, *more) if remat else fn(x, *more)
 
     def make_input_layer(self, name: str) -> keras.layers.Layer:
         """A new task-specific input layer `[N,H,W,C_t] -> [N,H',W',input_width]` (no FiLM);

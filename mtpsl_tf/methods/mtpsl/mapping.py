@@ -125,13 +125,14 @@ class MappingNet(keras.layers.Layer):
         return task
 
     # ----------------------------------------------------------------------------------------
-    def encode(self, x, pair_idx, training):
-        """Shared FiLM encoder on input-layer features: `[N,H,W,f0]`, int32 `[N]` -> `[N,H/32,W/32,f4]`."""
-        return self._encode(x, pair_idx, training)
+    def encode(self, x, pair_idx, training, remat=False):
+        """Shared FiLM encoder on input-layer features: `[N,H,W,f0]`, int32 `[N]` -> `[N,H/32,W/32,f4]`;
+        `remat`: recompute each block's activations in the backward pass."""
+        return self._encode(x, pair_idx, training, remat)
 
-    def _encode(self, x, pair_idx, training):
+    def _encode(self, x, pair_idx, training, remat=False):
         """Shared FiLM encoder: `[N,H,W,f0]`, int32 `[N]` -> the feature's shape."""
-        return self.encoder(x, pair_idx, training=training)
+        return self.encoder(x, pair_idx, training=training, remat=remat)
 
     def embed(self, x, input_task, source, target, training):
         """Embeds items of ONE input task for the pair (source, target).
