@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mtpsl_tf.methods.joint_space.gan import JointSpaceDiscriminator, discriminator_loss, generator_loss
-from tests_helpers import TINY, built_joint_space_method, jit_step_of, tiny_config
+from tests_helpers import TINY, check_jit_step, tiny_config
 
 REAL = np.array([2.0, -0.5, 0.0], np.float32)
 FAKE = np.array([-1.0, 0.3, 4.0], np.float32)
@@ -94,7 +94,7 @@ def test_terms_train_separate_parameters(tmp_path):
     assert set(groups) == {"main", "film", "discriminator"}
     with tf.GradientTape(persistent=True) as tape:
         terms = method.loss_terms(net, batch, b, tf.constant(0.0), tf.constant(0, tf.int64))
-    adv, own = terms["extra"]["adversarial"], terms["extra"]["discriminator"]
+    adv, own = terms.extra["adversarial"], terms.extra["discriminator"]
     assert float(adv) > 0 and float(own) > 0
     assert all(g is None for g in tape.gradient(adv, groups["discriminator"]))
     assert any(g is not None for g in tape.gradient(adv, groups["main"]))
@@ -120,9 +120,4 @@ def test_discriminator_trains_under_mixed_float16(tmp_path):
 def test_discriminator_step_compiles_under_xla(tmp_path):
     """The loss terms and the gradients of every variable group compile with jit_compile=True
     (one-label batch with an unlabelled image) and are finite."""
-    method, net, batch = built_joint_space_method(tmp_path, "discriminator")
-    terms, grads = jit_step_of(method, net)(batch)
-    assert float(terms["extra"]["adversarial"]) > 0
-    assert all(np.isfinite(float(v)) for v in list(terms["tasks"].values()) + list(terms["extra"].values()))
-    assert any(g is not None for g in grads["main"])
-    assert all(np.isfinite(g.numpy()).all() for group in grads.values() for g in group if g is not None)
+    check_jit_step(tmp_path, "discriminator", "adversarial")

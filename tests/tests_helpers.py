@@ -81,3 +81,16 @@ def jit_step_of(method, net):
         return {"tasks": terms.tasks, "extra": terms.extra}, tape.gradient(total, groups)
 
     return step
+
+
+def check_jit_step(tmp_path, method_name: str, term: str):
+    """`jit_step_of` on `built_joint_space_method(method_name)`: the extra `term` is positive,
+    every loss term and every gradient finite, and the main group gets gradients."""
+    import numpy as np
+
+    method, net, batch = built_joint_space_method(tmp_path, method_name)
+    terms, grads = jit_step_of(method, net)(batch)
+    assert float(terms["extra"][term]) > 0
+    assert all(np.isfinite(float(v)) for v in list(terms["tasks"].values()) + list(terms["extra"].values()))
+    assert any(g is not None for g in grads["main"])
+    assert all(np.isfinite(g.numpy()).all() for group in grads.values() for g in group if g is not None)

@@ -20,7 +20,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from mtpsl_tf.models.layers import PACKAGE
+from mtpsl_tf.models.layers import PACKAGE, layers_switched
 from mtpsl_tf.models.registry import LITERT_FORMS
 
 DILATION_OPS = ("space_to_batch", "direct")
@@ -64,13 +64,6 @@ def direct_dilation(network: keras.layers.Layer, precision: str = "float32"):
     """Within the block every dilated `DilatedConv2D` of `network` uses `dilation_ops="direct"`
     (trace the network inside it), for every `precision`; restored afterwards. Yields how many
     were switched."""
-    convs = [layer for layer in network._flatten_layers(include_self=True)
-             if isinstance(layer, DilatedConv2D) and max(layer.dilation_rate) > 1]
-    before = [conv.dilation_ops for conv in convs]
-    for conv in convs:
-        conv.dilation_ops = "direct"
-    try:
-        yield len(convs)
-    finally:
-        for conv, ops in zip(convs, before):
-            conv.dilation_ops = ops
+    with layers_switched(network, DilatedConv2D, "dilation_ops", "direct",
+                         keep=lambda conv: max(conv.dilation_rate) > 1) as count:
+        yield count

@@ -232,18 +232,26 @@ class ArgMaxPool2D(keras.layers.Layer):
 
 
 @contextlib.contextmanager
+def layers_switched(network: keras.layers.Layer, layer_type: type, attribute: str, value, keep=None):
+    """Within the block, `attribute` is `value` on every `layer_type` layer of `network` (those
+    for which `keep(layer)` holds, when given; trace the network inside it); the previous
+    values are restored afterwards. Yields how many layers were switched."""
+    layers = [layer for layer in network._flatten_layers(include_self=True)
+              if isinstance(layer, layer_type) and (keep is None or keep(layer))]
+    before = [getattr(layer, attribute) for layer in layers]
+    for layer in layers:
+        setattr(layer, attribute, value)
+    try:
+        yield len(layers)
+    finally:
+        for layer, previous in zip(layers, before):
+            setattr(layer, attribute, previous)
+
+
 def arithmetic_switches(network: keras.layers.Layer):
     """Within the block, every ArgMaxPool2D of `network` computes its switches with
     arithmetic ops (trace the network inside it); restored afterwards."""
-    pools = [layer for layer in network._flatten_layers(include_self=True) if isinstance(layer, ArgMaxPool2D)]
-    before = [p.switch_ops for p in pools]
-    for pool in pools:
-        pool.switch_ops = "arithmetic"
-    try:
-        yield len(pools)
-    finally:
-        for pool, ops in zip(pools, before):
-            pool.switch_ops = ops
+    return layers_switched(network, ArgMaxPool2D, "switch_ops", "arithmetic")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
