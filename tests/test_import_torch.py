@@ -323,7 +323,7 @@ def test_cli_writes_a_model_dir_that_reloads(tmp_path, fixture_path, imported, p
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["dataset"] == "nyuv2" and config["data"]["setting"] == "randomlabels"
     assert config["model"] == {"backbone": "segnet", "variant": "standard", "filters": "8,16,32,64,64",
-                               "pretrained": ""}
+                               "pretrained": "", "remat_backbone": False}
     assert config["method"]["method"] == "mtpsl" and "mtpsl" in METHODS
 
     restored = load_network(str(out), "latest", height=64, width=96)

@@ -34,8 +34,8 @@ class SegNet(Backbone):
             per block).
         filters: five widths overriding the variant's (tests use tiny widths).
         remat: in training, keep only each stage's inputs for the backward pass and recompute
-            its activations there (`models.remat`; the ten encoder/decoder stages, the last
-            one with the heads): same values and gradients, less memory, one more forward pass.
+            its activations there (`models.remat`; the ten encoder/decoder stages and the
+            heads): same values and gradients, less memory, one more forward pass.
 
     Call: `model(images [B,H,W,3], training)` with H, W multiples of 32 returns a dict
     `{task: [B,H,W,channels] float32, "feature": [B,H/32,W/32,filters[4]], "shared":
@@ -102,8 +102,11 @@ class SegNet(Backbone):
         # Decoder stage k mirrors encoder stage 4-k: decoder_block[-k-1], conv_block_dec[-k-1].
         for i in range(4, 0, -1):
             x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x, training)
+        x = self._segment(lambda h: self._decoder_stage(0, h, switches[0], training), x, training)
+        # The heads are their own segment so that `x`, the tensor they read, is a real tensor of
+        # the outer graph: MGDA-UB (`shared_output`) differentiates the losses with respect to it.
         names = list(self.task_heads)
-        preds = self._segment(lambda h: self._last_stage(h, switches[0], training), x, training)
+        preds = self._segment(lambda h: [head(h) for head in self.task_heads.values()], x, training)
         outputs = dict(zip(names, preds))
         outputs["feature"] = tf.cast(feature, tf.float32)
         outputs[self.shared_output] = x  # the heads' own input: MGDA-UB differentiates it
@@ -129,11 +132,6 @@ class SegNet(Backbone):
         for block in self.conv_block_dec[i]:
             x = block(x, training=training)
         return x
-
-    def _last_stage(self, x, switches, training):
-        """Decoder stage 0 and the heads -> the predictions in head order."""
-        x = self._decoder_stage(0, x, switches, training)
-        return [head(x) for head in self.task_heads.values()]
 
     def last_shared_kernel(self):
         """The decoder runs its blocks from index 4 down to 0: conv_block_dec[0] is last."""
