@@ -3,8 +3,6 @@ transcription, the view alignment measured through the two-view transform, the m
 XLA + mixed precision, mirrored == one device, and a tiny run through train.py's path."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,6 +16,7 @@ from mtpsl_tf.tasks.depth import Depth
 from mtpsl_tf.tasks.normal import Normal
 from mtpsl_tf.tasks.saliency import Saliency
 from mtpsl_tf.tasks.semantic import Semantic
+from mirrored_check import run_mirrored_script
 
 B, H, W = 2, 4, 6
 
@@ -191,6 +190,20 @@ def test_bad_thresholds_are_rejected_by_flag_name():
     assert parse_thresholds(" semantic=0.9, depth=0.2") == {"semantic": 0.9, "depth": 0.2}
 
 
+def built_ssl():
+    """(ssl method, its built tiny SegNet) for depth + normal, one-label, 32x32 inputs."""
+    from mtpsl_tf.models.segnet import SegNet
+
+    config = ExperimentConfig()
+    config.method.method, config.data.setting = "ssl", "onelabel"
+    tasks = [Depth(), Normal()]
+    method = SemiSupervised(config, tasks)
+    network = SegNet({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
+    network(tf.zeros([1, 32, 32, 3]))
+    method.build(network)
+    return method, network
+
+
 def ssl_batch(rng, b=4, size=32):
     def normals(n):
         return unit(rng.normal(size=[n, size, size, 3])).astype("float32")
@@ -207,18 +220,10 @@ def ssl_batch(rng, b=4, size=32):
 def test_ssl_step_under_xla_and_mixed_precision():
     import keras
 
-    from mtpsl_tf.models.segnet import SegNet
-
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        config = ExperimentConfig()
-        config.method.method, config.data.setting = "ssl", "onelabel"
-        tasks = [Depth(), Normal()]
-        method = SemiSupervised(config, tasks)
-        network = SegNet({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
-        network(tf.zeros([1, 32, 32, 3]))
-        method.build(network)
+        method, network = built_ssl()
         batch = tf.nest.map_structure(tf.constant, ssl_batch(np.random.default_rng(0)))
         variables = network.trainable_variables
 
@@ -241,21 +246,11 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from mtpsl_tf.config import ExperimentConfig
-    from mtpsl_tf.methods.ssl import SemiSupervised
-    from mtpsl_tf.models.segnet import SegNet
-    from mtpsl_tf.tasks.depth import Depth
-    from mtpsl_tf.tasks.normal import Normal
-    from test_baselines_ssl import ssl_batch
+    from mirrored_check import assert_gradients_close, replica_sums
+    from test_baselines_ssl import built_ssl, ssl_batch
 
     keras.utils.set_random_seed(0)
-    config = ExperimentConfig()
-    config.method.method, config.data.setting = "ssl", "onelabel"
-    tasks = [Depth(), Normal()]
-    method = SemiSupervised(config, tasks)
-    network = SegNet({t.name: t.head_spec for t in tasks}, filters=[4, 4, 8, 8, 8])
-    network(tf.zeros([1, 32, 32, 3]))
-    method.build(network)
+    method, network = built_ssl()
     variables = network.trainable_variables
     # Inference-mode BatchNorm: per-replica batch statistics legitimately differ.
     infer = lambda x, training: network(x, training=False)
@@ -269,32 +264,17 @@ MIRRORED = textwrap.dedent("""
 
     total_1, ssl_1, grads_1 = step(batch)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    def local(ctx):
-        i = ctx.replica_id_in_sync_group
-        return tf.nest.map_structure(lambda t: t[2 * i: 2 * i + 2], batch)
-    dist = strategy.experimental_distribute_values_from_function(local)
-    total_2, ssl_2, grads_2 = strategy.run(step, args=(dist,))
-    total_2 = strategy.reduce("SUM", total_2, axis=None)
-    ssl_2 = strategy.reduce("SUM", ssl_2, axis=None)
-    grads_2 = [strategy.reduce("SUM", g, axis=None).numpy() for g in grads_2]
+    total_2, ssl_2, grads_2 = replica_sums(strategy, step, batch, 2)
     assert float(ssl_1) > 0, "no consistency: the test would be vacuous"
     np.testing.assert_allclose(float(total_2), float(total_1), rtol=1e-5)
     np.testing.assert_allclose(float(ssl_2), float(ssl_1), rtol=1e-5)
-    grads_1 = [g.numpy() for g in grads_1]
-    scale = max(np.abs(g).max() for g in grads_1)
-    for v, a, b in zip(variables, grads_1, grads_2):
-        np.testing.assert_allclose(b, a, atol=1e-4 * scale, err_msg=v.path)
+    assert_gradients_close(variables, grads_1, grads_2)
     print("OK", float(total_1), float(ssl_1))
 """)
 
 
 def test_ssl_mirrored_equals_one_device(tmp_path):
-    import pathlib
-
-    tests_dir = str(pathlib.Path(__file__).parent)
-    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600,
-                            cwd=tests_dir, env={**__import__("os").environ, "PYTHONPATH": tests_dir})
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    run_mirrored_script(MIRRORED)
 
 
 def test_ssl_trains_through_run(tmp_path):

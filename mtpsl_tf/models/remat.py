@@ -13,31 +13,18 @@ run (the recomputation) must not update them again, so it runs with the statisti
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import keras
 import tensorflow as tf
 
-
-def _norms(layer: keras.layers.Layer) -> list:
-    """The layers under `layer` (itself included) that update running statistics."""
-    return [sub for sub in layer._flatten_layers(include_self=True) if hasattr(sub, "freeze_statistics")]
+from mtpsl_tf.models.layers import BatchNorm, layers_switched
 
 
-@contextlib.contextmanager
 def frozen_statistics(layer: keras.layers.Layer):
     """Within the block, the BatchNorms under `layer` trace WITHOUT their running-statistic
     updates (batch statistics are still used in training mode); restored afterwards."""
-    norms = _norms(layer)
-    before = [norm.freeze_statistics for norm in norms]
-    for norm in norms:
-        norm.freeze_statistics = True
-    try:
-        yield
-    finally:
-        for norm, frozen in zip(norms, before):
-            norm.freeze_statistics = frozen
+    return layers_switched(layer, BatchNorm, "freeze_statistics", True)
 
 
 def recompute(fn: Callable, layer: keras.layers.Layer) -> Callable:
