@@ -68,3 +68,43 @@ def test_bad_check_order_is_named(finished):
     result = _compare(finished, "--check_order=mtpsl>stl")
     assert result.returncode == 2
     assert "--check_order entries must look like a>b" in result.stderr and "'mtpsl>stl'" in result.stderr
+
+
+def test_method_with_weighting_entries_are_runs_of_their_own(finished):
+    for seed, delta in enumerate([-3.0, -5.0]):
+        _write(finished / f"mtpsl+dwa_seed{seed}", STL, delta)
+    result = subprocess.run([sys.executable, SCRIPT, f"--out={finished}", "--methods=sl,mtpsl+dwa", "--seeds=0,1",
+                             "--jobs=2", "--check_order=mtpsl+dwa>sl"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["mean"]["mtpsl+dwa"]["delta_mtl"] == pytest.approx(-4.0)
+    assert summary["mean"]["sl"]["delta_mtl"] == pytest.approx(-12.0)  # seeds 0, 1 only
+    assert "| mtpsl+dwa (2 seeds) |" in result.stdout
+
+
+def test_more_pinned_cpus_than_available_is_refused(finished):
+    result = _compare(finished, "--jobs=2", f"--cpus_per_job={len(os.sched_getaffinity(0))}")
+    assert result.returncode == 2
+    assert "--jobs=2 x --cpus_per_job=" in result.stderr and "this process may use" in result.stderr
+
+
+def test_method_flags_and_cpu_slots():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import compare_methods
+    finally:
+        sys.path.pop(0)
+    assert compare_methods.method_flags("sl") == ["--method=sl"]
+    assert compare_methods.method_flags("mtpsl+uncertainty") == ["--method=mtpsl", "--weighting=uncertainty"]
+    assert compare_methods.method_flags("direct_map", ["direct_map=--noxla", "sl=--epochs=2"]) == [
+        "--method=direct_map", "--noxla"]
+    slots = compare_methods.cpu_slots(1, 1)
+    assert len(slots.get()) == 1
+    assert compare_methods.cpu_slots(2, 0).get() is None
+
+
+def test_bad_method_flag_is_named(finished):
+    result = _compare(finished, "--method_flag=stl=--noxla")
+    assert result.returncode == 2
+    assert "--method_flag entries must look like ENTRY=--flag" in result.stderr and "'stl=--noxla'" in result.stderr

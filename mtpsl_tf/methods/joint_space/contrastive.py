@@ -51,6 +51,7 @@ class ContrastiveLoss(MTPSL):
 
     Options = ContrastiveOptions
     flag_name = "contrastive"
+    chunked_mapping = False
 
     def extra_loss_names(self) -> List[str]:
         return ["contrastive"]

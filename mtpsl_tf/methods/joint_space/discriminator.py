@@ -54,6 +54,7 @@ class DiscriminatorLoss(MTPSL):
 
     Options = DiscriminatorOptions
     flag_name = "discriminator"
+    chunked_mapping = False
 
     def __init__(self, facts, tasks=None):
         super().__init__(facts, tasks)

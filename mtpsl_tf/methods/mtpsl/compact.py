@@ -68,6 +68,76 @@ class ActiveItems:
     valid: tf.Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class SlotInputs:
+    """The mapping-net inputs of the `capacity` slots, before the net (`slot_inputs`).
+
+    Attributes:
+        inputs: per task (mapping-net order) float `[2K, H, W, C_t]`: rows `0..K-1` the slots'
+            source inputs (from the prediction), rows `K..2K-1` their target inputs (from the
+            label); a slot's row is its own task's input in the tensor of its task (each input
+            layer masks the rows of other tasks).
+        item_task: int32 `[2K]`, the task of each row (sources, then targets).
+        item_pair: int32 `[2K]`, the ordered-pair index of each row.
+        image, pair, valid: as `ActiveItems`.
+    """
+
+    inputs: list
+    item_task: tf.Tensor
+    item_pair: tf.Tensor
+    image: tf.Tensor
+    pair: tf.Tensor
+    valid: tf.Tensor
+
+
+def slot_inputs(mapping_net, preds, labels, label_mask, mode, capacity, seed=None, gumbel_noise=None, tasks=None,
+                skip_unannotated=True) -> SlotInputs:
+    """Selects the active items into `capacity` slots and builds their mapping-net inputs; the
+    arguments are those of `consistency_loss_compact`."""
+    names = list(mapping_net.task_names)
+    kinds = resolve_tasks(names, tasks)
+    active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
+    pairs = off_diagonal(len(names))
+    if skip_unannotated:
+        annotated = tf.stack([tf.cast(kinds[n].label_annotated(labels[n]), tf.float32) for n in names], axis=1)
+        active = active * tf.gather(annotated, [t for _, t in pairs], axis=1)
+    image, pair, valid = _select_items(active, capacity)
+    source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
+    target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
+    inputs = []
+    for u, name in enumerate(names):
+        pred = tf.gather(tf.convert_to_tensor(preds[name]), image)
+        source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
+                                               mapping_net.task_channels[u], gumbel_noise, seed)
+        inputs.append(tf.concat([source_in, target_in], axis=0))
+    return SlotInputs(inputs, tf.concat([source, target], axis=0), tf.concat([pair, pair], axis=0),
+                      tf.cast(image, tf.int32), tf.cast(pair, tf.int32), valid)
+
+
+def embed_rows(mapping_net: MappingNet, inputs, item_task, item_pair, training: bool = True,
+               recompute: bool = False) -> tf.Tensor:
+    """Embeds rows of `SlotInputs` (any subset of them): per-task inputs `[N, H, W, C_t]`,
+    int32 `item_task` / `item_pair` `[N]` -> float `[N, h, w, C]`.
+
+    Input layers: every task's layer sees every row (zeros where the row's task differs) and
+    the row keeps its own task's output; that is T first-layer convs per row, cheap next to
+    the shared encoder, and it keeps shapes fixed. Under `recompute` each task's input layer
+    is a segment of its own that also adds the previous tasks' sum: the backward pass then
+    recomputes them one after the other (each waits for the next one's input gradient), so
+    one task's full-resolution maps are alive at a time, not all T.
+    """
+    hidden = None
+    for u, x in enumerate(inputs):
+        mine = tf.cast(tf.equal(item_task, u), x.dtype)[:, None, None, None]
+
+        def input_layer(x, *before, u=u, mine=mine):
+            h = mapping_net.input_layers[u](x * mine, training=training) * tf.cast(mine, mapping_net.compute_dtype)
+            return h + before[0] if before else h
+
+        hidden = mapping_net.encoder.segment(input_layer, x, recompute, *([] if hidden is None else [hidden]))
+    return mapping_net.encode(hidden, item_pair, training, remat=recompute)
+
+
 def embed_active_items(
     mapping_net: MappingNet,
     preds: Mapping[str, tf.Tensor],
@@ -85,43 +155,13 @@ def embed_active_items(
 ) -> ActiveItems:
     """Embeds the active items of `mode` in ONE batched mapping-net call (see the module
     docstring); the arguments are those of `consistency_loss_compact`."""
-    names = list(mapping_net.task_names)
-    kinds = resolve_tasks(names, tasks)
     feat = tf.convert_to_tensor(feat)
-    active = active_pair_items(stack_label_mask(label_mask, names), mode)  # [B, P]
-    pairs = off_diagonal(len(names))
-    if skip_unannotated:
-        annotated = tf.stack([tf.cast(kinds[n].label_annotated(labels[n]), tf.float32) for n in names], axis=1)
-        active = active * tf.gather(annotated, [t for _, t in pairs], axis=1)
-    image, pair, valid = _select_items(active, capacity)
-    source = tf.gather(tf.constant([s for s, _ in pairs], tf.int32), pair)
-    target = tf.gather(tf.constant([t for _, t in pairs], tf.int32), pair)
-
-    # Input layers: every task's layer sees every slot (zeros where the slot's task differs)
-    # and the slot keeps its own task's output; that is T first-layer convs per slot, cheap
-    # next to the shared encoder, and it keeps shapes fixed. Under `recompute` each task's
-    # input layer is a segment of its own that also adds the previous tasks' sum: the backward
-    # pass then recomputes them one after the other (each waits for the next one's input
-    # gradient), so one task's full-resolution maps are alive at a time, not all T.
-    hidden = None
-    item_task = tf.concat([source, target], axis=0)  # [2 * capacity]: sources, then targets
-    for u, name in enumerate(names):
-        pred = tf.gather(tf.convert_to_tensor(preds[name]), image)
-        source_in, target_in = _mapping_inputs(kinds[name], u, pred, tf.gather(labels[name], image),
-                                               mapping_net.task_channels[u], gumbel_noise, seed)
-        mine = tf.cast(tf.equal(item_task, u), source_in.dtype)[:, None, None, None]
-
-        def input_layer(x, *before, u=u, mine=mine):
-            h = mapping_net.input_layers[u](x * mine, training=training) * tf.cast(mine, mapping_net.compute_dtype)
-            return h + before[0] if before else h
-
-        x = tf.concat([source_in, target_in], axis=0)
-        hidden = mapping_net.encoder.segment(input_layer, x, recompute, *([] if hidden is None else [hidden]))
-    item_pairs = tf.concat([pair, pair], axis=0)
-    embeddings = mapping_net.encode(hidden, item_pairs, training, remat=recompute)
+    slots = slot_inputs(mapping_net, preds, labels, label_mask, mode, capacity, seed=seed, gumbel_noise=gumbel_noise,
+                        tasks=tasks, skip_unannotated=skip_unannotated)
+    embeddings = embed_rows(mapping_net, slots.inputs, slots.item_task, slots.item_pair, training, recompute)
     map_source, map_target = tf.split(embeddings, 2, axis=0)
-    item_feat = tf.cast(tf.gather(feat, image), map_source.dtype)
-    return ActiveItems(map_source, map_target, item_feat, tf.cast(image, tf.int32), tf.cast(pair, tf.int32), valid)
+    item_feat = tf.cast(tf.gather(feat, slots.image), map_source.dtype)
+    return ActiveItems(map_source, map_target, item_feat, slots.image, slots.pair, slots.valid)
 
 
 def per_image_sum(item_losses, items: ActiveItems, batch_size) -> tf.Tensor:

@@ -9,7 +9,8 @@ import keras
 import tensorflow as tf
 
 from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, two_view_outputs
-from mtpsl_tf.methods.mtpsl.compact import ActiveItems, consistency_loss_compact, embed_active_items
+from mtpsl_tf.methods.mtpsl.chunked import check_precision, consistency_sum_chunked
+from mtpsl_tf.methods.mtpsl.compact import ActiveItems, consistency_loss_compact, embed_active_items, slot_inputs
 from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
 from mtpsl_tf.methods.mtpsl.pairs import MODES, max_active_pairs
@@ -39,6 +40,10 @@ class MTPSLOptions:
     remat_mapping: bool = option(
         False, "mtpsl: recompute the mapping encoder's activations in the backward pass instead of keeping "
         "them (less memory, one more mapping-encoder forward pass per step).")
+    mapping_chunks: int = option(
+        1, "mtpsl: run the mapping net over the active items in this many groups, each group's backward "
+        "pass right after its forward pass, so one group's activations are alive at a time (less memory, "
+        "same values and cost; docs/MEMORY.md). 1: all items in one call.")
     skip_unannotated_targets: bool = option(
         True, "mtpsl: leave out pairs whose target label has no valid pixel (e.g. PASCAL human parts of an "
         "image without people: all ignore, an all-zero mapping input).")
@@ -48,6 +53,8 @@ class MTPSLOptions:
         choice("rampup", self.rampup, ("fixed", "up"))
         if self.film_lr_decay_epochs <= 0 or self.film_learning_rate <= 0:
             raise ValueError("--film_learning_rate and --film_lr_decay_epochs must be > 0")
+        if self.mapping_chunks < 1:
+            raise ValueError(f"--mapping_chunks must be >= 1, got {self.mapping_chunks}")
 
 
 @METHODS.register("mtpsl")
@@ -65,6 +72,9 @@ class MTPSL(Method):
     Options = MTPSLOptions
     two_views = True
     flag_name = "mtpsl"  # the --method value, for error messages (subclasses override)
+    # Whether `joint_space_terms` honours --mapping_chunks (the joint-space baselines embed
+    # every active item at once for their batch-wide losses).
+    chunked_mapping = True
 
     def __init__(self, facts, tasks=None):
         super().__init__(facts, tasks)
@@ -81,12 +91,19 @@ class MTPSL(Method):
                 f"--method={self.flag_name} --consistency_mode={self.mode}: no task pair can be active when "
                 f"images have {list(self.facts.labelled_counts)} labelled tasks (--setting="
                 f"{self.facts.setting_kind}); use --consistency_mode=mtpsl_plus or full")
+        if self.options.mapping_chunks > 1 and not self.chunked_mapping:
+            raise ValueError(
+                f"--method={self.flag_name} does not support --mapping_chunks={self.options.mapping_chunks}: its "
+                "loss compares every active item with the others, so they are embedded in one call (use "
+                "--remat_mapping to save memory)")
         self.mapping: MappingNet | None = None
 
     def build(self, network) -> None:
         super().build(network)
         self.mapping = MappingNet([t.name for t in self.tasks], [t.channels for t in self.tasks],
                                   filters=list(network.filters), encoder_name=self.facts.backbone, name="mapping")
+        if self.options.mapping_chunks > 1:
+            check_precision(self.mapping)
 
     def extra_layers(self) -> list:
         return [self.mapping]
@@ -124,12 +141,19 @@ class MTPSL(Method):
     def joint_space_terms(self, view2, batch, global_batch_size, progress, step):
         """(extra terms, their weights) from view 2's outputs (`{task: ..., "feature": ...}`);
         the joint-space baselines (contrastive, discriminator) override this."""
-        per_image = consistency_loss_compact(
-            self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
-            capacity=self.capacity(batch["image"].shape[0]), seed=self._seed(step),
-            reg_weight=self.options.reg_weight, training=True, tasks=self.tasks,
-            recompute=self.options.remat_mapping, skip_unannotated=self.options.skip_unannotated_targets)
-        consistency = tf.reduce_sum(per_image) / float(global_batch_size)
+        o = self.options
+        capacity = self.capacity(batch["image"].shape[0])
+        if o.mapping_chunks > 1:
+            slots = slot_inputs(self.mapping, view2, batch["labels_aug"], batch["label_mask"], self.mode, capacity,
+                                seed=self._seed(step), tasks=self.tasks, skip_unannotated=o.skip_unannotated_targets)
+            total = consistency_sum_chunked(self.mapping, slots, view2["feature"], o.reg_weight, o.mapping_chunks,
+                                            recompute=o.remat_mapping)
+        else:
+            total = tf.reduce_sum(consistency_loss_compact(
+                self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
+                capacity=capacity, seed=self._seed(step), reg_weight=o.reg_weight, training=True, tasks=self.tasks,
+                recompute=o.remat_mapping, skip_unannotated=o.skip_unannotated_targets))
+        consistency = total / float(global_batch_size)
         return {"consistency": consistency}, {"consistency": self.con_weight(progress)}
 
     def active_items(self, view2, batch, step) -> ActiveItems:

@@ -1,0 +1,145 @@
+"""The consistency loss over the active items in chunks: the mapping net's activations of one
+chunk alive at a time (`--mapping_chunks`, MTPSL's memory option).
+
+`consistency_sum_chunked` returns what `tf.reduce_sum(consistency_loss_compact(...))` returns,
+with the same gradients, but runs the mapping net on the `capacity` slots in `chunks`
+consecutive groups. Each group's forward pass is followed at once by its backward pass (a
+GradientTape inside the forward computation), which yields the group's gradients with respect
+to its mapping-net inputs and to the mapping net's variables; the group's activations are then
+freed. The gradients are summed over groups and kept (the net's variable gradients plus the
+inputs' gradients: small next to the activations), and the backward pass of the step only
+scales them by the incoming gradient (`tf.custom_gradient`). Every group waits for the
+previous one (control dependencies), so groups never run side by side.
+
+Exact because the mapping net is per item: its BatchNorm statistics are each item's own
+(`ItemBatchNorm`) and it updates no state, so a slot's loss does not depend on which other
+slots share its call. Cost: the same one forward and one backward pass of the mapping net as
+the plain loss (unlike recomputation, nothing runs twice), in `chunks` smaller calls.
+
+Limits, each checked: the result is one scalar (the method sums the per-image losses; a
+weighting never needs them apart), its gradient is first-order only (nothing in the library
+differentiates the consistency loss twice), and the net must compute in float32 or float64:
+under mixed_float16 each group's backward pass would run in float16 before the optimiser's
+dynamic loss scale is known (it arrives with the incoming gradient), so a fixed scale either
+underflows small gradients or overflows large ones (a fixed 2^12 overflowed in a test).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import tensorflow as tf
+
+from mtpsl_tf.methods.mtpsl.compact import SlotInputs, embed_rows
+from mtpsl_tf.methods.mtpsl.consistency import pair_loss
+
+def chunk_bounds(capacity: int, chunks: int) -> List[Tuple[int, int]]:
+    """`min(chunks, capacity)` consecutive `[start, end)` slot ranges covering `capacity`, the
+    first ones one slot longer where `capacity` does not divide evenly."""
+    if capacity < 1 or chunks < 1:
+        raise ValueError(f"capacity and chunks must be >= 1, got capacity={capacity}, chunks={chunks}")
+    chunks = min(chunks, capacity)
+    size, extra = divmod(capacity, chunks)
+    bounds, start = [], 0
+    for j in range(chunks):
+        end = start + size + (1 if j < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def check_precision(mapping_net) -> None:
+    """Raises ValueError when the net computes in float16 (see the module docstring)."""
+    if mapping_net.compute_dtype == "float16":
+        raise ValueError("--mapping_chunks > 1 needs a float32 or float64 mapping net, not mixed_float16 (each "
+                         "group's gradients would be taken before the loss scale is known); use "
+                         "--remat_mapping to save memory under mixed precision")
+
+
+def _rows(x, start, end, capacity):
+    """Rows of slots `[start, end)` of a `[2K, ...]` tensor: their sources, then their targets."""
+    return tf.concat([x[start:end], x[capacity + start:capacity + end]], axis=0)
+
+
+def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: float, chunks: int,
+                            training: bool = True, recompute: bool = False) -> tf.Tensor:
+    """Sum over the valid slots of the pair loss, float32 scalar, in `chunks` groups of slots.
+
+    Args:
+        mapping_net: the `MappingNet`.
+        slots: the slots' mapping-net inputs (`compact.slot_inputs`), `capacity` = K slots.
+        feat: the backbone's shared feature `[B, h, w, C]` (no gradient flows into it, as in
+            `pair_loss`).
+        reg_weight: weight of the feature regulariser.
+        chunks: number of groups (at most K are used).
+        training: BatchNorm mode of the mapping net (the method uses True).
+        recompute: also recompute the blocks of the net inside each group's backward pass
+            (`--remat_mapping`: less memory per group, one more forward pass).
+    """
+    capacity = int(slots.valid.shape[0])
+    bounds = chunk_bounds(capacity, chunks)
+    item_feat = tf.stop_gradient(tf.gather(tf.convert_to_tensor(feat), slots.image))
+    variables = list(mapping_net.trainable_variables)
+    check_precision(mapping_net)
+
+    def group(start, end, inputs, after):
+        """(loss, input gradients, variable gradients) of the slots `[start, end)`."""
+        with tf.control_dependencies(after):
+            rows = [tf.identity(_rows(x, start, end, capacity)) for x in inputs]
+        with tf.GradientTape() as tape:
+            tape.watch(rows)
+            embeddings = embed_rows(mapping_net, rows, _rows(slots.item_task, start, end, capacity),
+                                    _rows(slots.item_pair, start, end, capacity), training, recompute)
+            source, target = tf.split(embeddings, 2, axis=0)
+            losses = tf.cast(pair_loss(source, target, tf.cast(item_feat[start:end], source.dtype), reg_weight),
+                             tf.float32)
+            loss = tf.reduce_sum(tf.where(slots.valid[start:end] > 0, losses, tf.zeros_like(losses)))
+        row_grads, var_grads = tape.gradient(loss, [rows, variables],
+                                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, row_grads, [tf.cast(g, tf.float32) for g in var_grads]
+
+    @tf.custom_gradient
+    def run(*inputs):
+        total, after = tf.constant(0.0), []
+        row_grads = [[] for _ in inputs]
+        var_grads = [tf.zeros(v.shape, tf.float32) for v in variables]
+        for start, end in bounds:
+            loss, rows, grads = group(start, end, inputs, after)
+            total += loss
+            for u, g in enumerate(rows):
+                row_grads[u].append(g)
+            var_grads = [a + b for a, b in zip(var_grads, grads)]
+            after = [loss] + rows + grads
+        # Back to the [2K, ...] layout of the inputs: sources of every group, then targets.
+        input_grads = []
+        for u, x in enumerate(inputs):
+            parts = [tf.split(g, 2, axis=0) for g in row_grads[u]]
+            input_grads.append(tf.cast(tf.concat([s for s, _ in parts] + [t for _, t in parts], axis=0), x.dtype))
+        by_ref = {_tf_variable(v).ref(): g for v, g in zip(variables, var_grads)}
+
+        def grad(upstream, variables=None):
+            upstream = tf.cast(upstream, tf.float32)
+            dx = [g * tf.cast(upstream, g.dtype) for g in input_grads]
+            dv = [_scaled(by_ref, v, upstream) for v in (variables or [])]
+            return dx, dv
+
+        return total, grad
+
+    return run(*slots.inputs)
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The tf.Variable behind a Keras variable (custom_gradient hands those to `grad`)."""
+    value = variable if isinstance(variable, tf.Variable) else variable.value
+    if not isinstance(value, tf.Variable):
+        raise TypeError(f"expected a variable backed by a tf.Variable, got {type(value).__name__} for {variable}")
+    return value
+
+
+def _scaled(by_ref, variable, upstream):
+    """The kept gradient of `variable` times the incoming gradient; zeros for a variable the
+    groups did not differentiate (none is expected: every variable read is the net's)."""
+    gradient = by_ref.get(variable.ref())
+    if gradient is None:
+        return tf.zeros(variable.shape, variable.dtype)
+    return tf.cast(gradient * upstream, variable.dtype)
