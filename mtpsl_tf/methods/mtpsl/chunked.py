@@ -96,13 +96,13 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
             loss = tf.reduce_sum(tf.where(slots.valid[start:end] > 0, losses, tf.zeros_like(losses)))
         row_grads, var_grads = tape.gradient(loss, [rows, variables],
                                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return loss, row_grads, [tf.cast(g, tf.float32) for g in var_grads]
+        return loss, row_grads, [tf.cast(g, v.dtype) for g, v in zip(var_grads, variables)]
 
     @tf.custom_gradient
     def run(*inputs):
         total, after = tf.constant(0.0), []
         row_grads = [[] for _ in inputs]
-        var_grads = [tf.zeros(v.shape, tf.float32) for v in variables]
+        var_grads = [tf.zeros(v.shape, v.dtype) for v in variables]
         for start, end in bounds:
             loss, rows, grads = group(start, end, inputs, after)
             total += loss
@@ -118,7 +118,6 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
         by_ref = {_tf_variable(v).ref(): g for v, g in zip(variables, var_grads)}
 
         def grad(upstream, variables=None):
-            upstream = tf.cast(upstream, tf.float32)
             dx = [g * tf.cast(upstream, g.dtype) for g in input_grads]
             dv = [_scaled(by_ref, v, upstream) for v in (variables or [])]
             return dx, dv
@@ -142,4 +141,4 @@ def _scaled(by_ref, variable, upstream):
     gradient = by_ref.get(variable.ref())
     if gradient is None:
         return tf.zeros(variable.shape, variable.dtype)
-    return tf.cast(gradient * upstream, variable.dtype)
+    return gradient * tf.cast(upstream, gradient.dtype)
