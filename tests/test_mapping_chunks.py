@@ -9,7 +9,7 @@ import tensorflow as tf
 from mtpsl_tf.methods.mtpsl.chunked import chunk_bounds, consistency_sum_chunked
 from mtpsl_tf.methods.mtpsl.compact import consistency_loss_compact, slot_inputs
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
-from tests.test_remat import _mtpsl_batch
+from tests_helpers import mtpsl_batch
 
 FILTERS = [4, 8, 8, 8, 8]
 MASK = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
@@ -34,7 +34,7 @@ def test_chunk_bounds_refuse_zero():
 @pytest.fixture(scope="module")
 def setup():
     net = MappingNet(["semantic", "depth", "normal"], [13, 1, 3], filters=FILTERS)
-    batch = _mtpsl_batch(None)
+    batch = mtpsl_batch(None)
     rng = np.random.default_rng(1)
     preds = {"semantic": tf.constant(rng.normal(size=[2, 32, 32, 13]), tf.float32),
              "depth": tf.constant(rng.uniform(0.5, 5, [2, 32, 32, 1]), tf.float32),
@@ -124,7 +124,7 @@ def test_mtpsl_step_with_chunks_equals_the_plain_step():
     plain, chunked = _mtpsl_model(), _mtpsl_model(mapping_chunks=2)
     chunked.network.set_weights(plain.network.get_weights())
     chunked.method.mapping.set_weights(plain.method.mapping.get_weights())
-    batch = _mtpsl_batch(plain.method.tasks)
+    batch = mtpsl_batch(plain.method.tasks)
 
     def run(model):
         def step():

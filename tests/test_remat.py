@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mtpsl_tf.models.segnet import SegNet
+from tests_helpers import mtpsl_batch
 
 HEADS = {"semantic": {"channels": 5, "activation": "log_softmax"},
          "depth": {"channels": 1, "activation": "linear"}}
@@ -86,31 +87,13 @@ def _mtpsl_model(remat: bool):
     return build(config, DATASETS.get("nyuv2").tasks(), 32, 32, steps=10)
 
 
-def _mtpsl_batch(tasks=None):
-    rng = np.random.default_rng(0)
-    b, h, w = 2, 32, 32
-
-    def labels():
-        normal = rng.normal(size=[b, h, w, 3])
-        return {"semantic": tf.constant(rng.integers(-1, 13, [b, h, w]), tf.int32),
-                "depth": tf.constant(rng.uniform(0.5, 5, [b, h, w, 1]), tf.float32),
-                "normal": tf.constant(normal / np.linalg.norm(normal, axis=-1, keepdims=True), tf.float32)}
-
-    names = ["semantic", "depth", "normal"] if tasks is None else [t.name for t in tasks]
-    return {"image": tf.constant(rng.uniform(size=[b, h, w, 3]), tf.float32), "labels": labels(),
-            "image_aug": tf.constant(rng.uniform(size=[b, h, w, 3]), tf.float32), "labels_aug": labels(),
-            "label_mask": {n: tf.constant([1.0 if i % len(names) == k else 0.0 for i in range(b)])
-                           for k, n in enumerate(names)},
-            "index": tf.range(b, dtype=tf.int64)}
-
-
 def test_recomputed_mtpsl_step_gives_the_same_losses_and_gradients():
     """--remat_backbone --remat_mapping: the MTPSL step's terms and every gradient (network,
     mapping net, FiLM tables) and the BatchNorm statistics equal the plain step's."""
     plain, remat = _mtpsl_model(False), _mtpsl_model(True)
     remat.network.set_weights(plain.network.get_weights())
     remat.method.mapping.set_weights(plain.method.mapping.get_weights())
-    batch = _mtpsl_batch(plain.method.tasks)
+    batch = mtpsl_batch(plain.method.tasks)
 
     def run(model, jit_compile):
         def step():
@@ -139,7 +122,7 @@ def test_recomputed_mapping_net_compiles_under_xla():
     from mtpsl_tf.methods.mtpsl.mapping import MappingNet
 
     net = MappingNet(["semantic", "depth", "normal"], [13, 1, 3], filters=FILTERS)
-    batch = _mtpsl_batch(None)
+    batch = mtpsl_batch(None)
     rng = np.random.default_rng(1)
     preds = {"semantic": tf.constant(rng.normal(size=[2, 32, 32, 13]), tf.float32),
              "depth": tf.constant(rng.uniform(0.5, 5, [2, 32, 32, 1]), tf.float32),

@@ -94,3 +94,26 @@ def check_jit_step(tmp_path, method_name: str, term: str):
     assert all(np.isfinite(float(v)) for v in list(terms["tasks"].values()) + list(terms["extra"].values()))
     assert any(g is not None for g in grads["main"])
     assert all(np.isfinite(g.numpy()).all() for group in grads.values() for g in group if g is not None)
+
+
+def mtpsl_batch(tasks=None):
+    """A two-view MTPSL batch of 2 random 32x32 NYU-v2 images (semantic, depth, normal), one
+    label each: the `tasks` order decides which task each image is labelled for."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    b, h, w = 2, 32, 32
+
+    def labels():
+        normal = rng.normal(size=[b, h, w, 3])
+        return {"semantic": tf.constant(rng.integers(-1, 13, [b, h, w]), tf.int32),
+                "depth": tf.constant(rng.uniform(0.5, 5, [b, h, w, 1]), tf.float32),
+                "normal": tf.constant(normal / np.linalg.norm(normal, axis=-1, keepdims=True), tf.float32)}
+
+    names = ["semantic", "depth", "normal"] if tasks is None else [t.name for t in tasks]
+    return {"image": tf.constant(rng.uniform(size=[b, h, w, 3]), tf.float32), "labels": labels(),
+            "image_aug": tf.constant(rng.uniform(size=[b, h, w, 3]), tf.float32), "labels_aug": labels(),
+            "label_mask": {n: tf.constant([1.0 if i % len(names) == k else 0.0 for i in range(b)])
+                           for k, n in enumerate(names)},
+            "index": tf.range(b, dtype=tf.int64)}
