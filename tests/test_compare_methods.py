@@ -90,18 +90,18 @@ def test_more_pinned_cpus_than_available_is_refused(finished):
 
 
 def test_method_flags_and_cpu_slots():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import compare_methods
-    finally:
-        sys.path.pop(0)
-    assert compare_methods.method_flags("sl") == ["--method=sl"]
-    assert compare_methods.method_flags("mtpsl+uncertainty") == ["--method=mtpsl", "--weighting=uncertainty"]
-    assert compare_methods.method_flags("direct_map", ["direct_map=--noxla", "sl=--epochs=2"]) == [
-        "--method=direct_map", "--noxla"]
-    slots = compare_methods.cpu_slots(1, 1)
-    assert len(slots.get()) == 1
-    assert compare_methods.cpu_slots(2, 0).get() is None
+    """In a subprocess: importing the script defines its absl flags, which would clash with
+    other modules' flags in this test process."""
+    code = ("import compare_methods as c; "
+            "assert c.method_flags('sl') == ['--method=sl']; "
+            "assert c.method_flags('mtpsl+uncertainty') == ['--method=mtpsl', '--weighting=uncertainty']; "
+            "assert c.method_flags('direct_map', ['direct_map=--noxla', 'sl=--epochs=2']) == "
+            "['--method=direct_map', '--noxla']; "
+            "assert len(c.cpu_slots(1, 1).get()) == 1; "
+            "assert c.cpu_slots(2, 0).get() is None; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.join(ROOT, "benchmarks"))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_bad_method_flag_is_named(finished):

@@ -106,7 +106,10 @@ def test_counts_match_pyedgeeval(name, ignore):
     ours = boundary.image_counts(prob, label, boundary.seism_thresholds(), MAX_DIST)
     ref = _pyedgeeval_counts(prob, label, MAX_DIST)
     _close_counts(ours, ref)
-    assert abs(_seism_ods(ours) - _seism_ods(ref)) <= 0.01
+    # BSDS' correspondPixels is randomised (its counts for one input vary from run to run: the
+    # noisy case's odsF took 0.983-0.991 in 15 runs and 0.975 once in CI) and never beats a
+    # maximum matching, which ours is: ours is at least the reference, and close to it.
+    assert _seism_ods(ref) - 1e-12 <= _seism_ods(ours) <= _seism_ods(ref) + 0.03
 
 
 def test_dataset_ods_matches_pyedgeeval_and_workers():
