@@ -9,7 +9,7 @@ import tensorflow as tf
 from mtpsl_tf.methods.mtpsl.chunked import chunk_bounds, consistency_sum_chunked
 from mtpsl_tf.methods.mtpsl.compact import consistency_loss_compact, slot_inputs
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
-from tests_helpers import mtpsl_batch
+from tests_helpers import mtpsl_batch, mtpsl_step, tiny_mtpsl_model
 
 FILTERS = [4, 8, 8, 8, 8]
 MASK = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
@@ -100,42 +100,16 @@ def test_chunked_loss_compiles_under_xla(setup):
     _assert_same(_loss_and_grads(setup, 3, jit_compile=True), expected, 1e-3, 1e-3)
 
 
-def _mtpsl_model(method="mtpsl", precision="float32", **options):
-    import keras
-
-    from mtpsl_tf.config import ExperimentConfig
-    from mtpsl_tf.data.registry import DATASETS
-    from mtpsl_tf.training.run import build, dtype_policy
-
-    config = ExperimentConfig()
-    config.method.method = method
-    config.model.filters = "4,8,8,8,8"
-    config.options = dict(options)
-    config.train.precision = precision
-    config.validate()
-    keras.utils.set_random_seed(0)
-    with dtype_policy(precision):
-        return build(config, DATASETS.get("nyuv2").tasks(), 32, 32, steps=10)
-
-
 def test_mtpsl_step_with_chunks_equals_the_plain_step():
     """The full train-step gradients (network, mapping net, FiLM tables) with
     --mapping_chunks=2 equal those of the plain step on the same weights and batch."""
-    plain, chunked = _mtpsl_model(), _mtpsl_model(mapping_chunks=2)
+    plain, chunked = tiny_mtpsl_model(), tiny_mtpsl_model(mapping_chunks=2)
     chunked.network.set_weights(plain.network.get_weights())
     chunked.method.mapping.set_weights(plain.method.mapping.get_weights())
     batch = mtpsl_batch(plain.method.tasks)
 
-    def run(model):
-        def step():
-            grads, terms, total = model.compute_gradients(batch)
-            return grads, terms.extra["consistency"], total
-
-        grads, consistency, total = tf.function(step)()
-        return float(total), float(consistency), [g.numpy() for g in grads]
-
-    total, consistency, grads = run(plain)
-    total_c, consistency_c, grads_c = run(chunked)
+    total, consistency, grads = mtpsl_step(plain, batch)
+    total_c, consistency_c, grads_c = mtpsl_step(chunked, batch)
     assert consistency > 0
     assert (total_c, consistency_c) == pytest.approx((total, consistency), rel=1e-6)
     scale = max(np.abs(g).max() for g in grads)
@@ -150,7 +124,7 @@ def test_mtpsl_step_with_chunks_equals_the_plain_step():
 ])
 def test_bad_mapping_chunks_are_named(method, precision, options, message):
     with pytest.raises(ValueError, match=message):
-        _mtpsl_model(method, precision, **options)
+        tiny_mtpsl_model(method, precision, **options)
 
 
 def test_chunked_refuses_mixed_float16(setup):

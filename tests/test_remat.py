@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mtpsl_tf.models.segnet import SegNet
-from tests_helpers import mtpsl_batch
+from tests_helpers import mtpsl_batch, mtpsl_step, tiny_mtpsl_model
 
 HEADS = {"semantic": {"channels": 5, "activation": "log_softmax"},
          "depth": {"channels": 1, "activation": "linear"}}
@@ -70,41 +70,16 @@ def test_remat_is_saved_in_the_config():
     assert SegNet.from_config(net.get_config()).remat is True
 
 
-def _mtpsl_model(remat: bool):
-    import keras
-
-    from mtpsl_tf.config import ExperimentConfig
-    from mtpsl_tf.data.registry import DATASETS
-    from mtpsl_tf.training.run import build
-
-    config = ExperimentConfig()
-    config.method.method = "mtpsl"
-    config.model.filters = "4,8,8,8,8"
-    config.model.remat_backbone = remat
-    config.options = {"remat_mapping": remat}
-    config.validate()
-    keras.utils.set_random_seed(0)
-    return build(config, DATASETS.get("nyuv2").tasks(), 32, 32, steps=10)
-
-
 def test_recomputed_mtpsl_step_gives_the_same_losses_and_gradients():
     """--remat_backbone --remat_mapping: the MTPSL step's terms and every gradient (network,
     mapping net, FiLM tables) and the BatchNorm statistics equal the plain step's."""
-    plain, remat = _mtpsl_model(False), _mtpsl_model(True)
+    plain, remat = tiny_mtpsl_model(), tiny_mtpsl_model(remat_backbone=True, remat_mapping=True)
     remat.network.set_weights(plain.network.get_weights())
     remat.method.mapping.set_weights(plain.method.mapping.get_weights())
     batch = mtpsl_batch(plain.method.tasks)
 
-    def run(model, jit_compile):
-        def step():
-            grads, terms, total = model.compute_gradients(batch)
-            return grads, terms.extra["consistency"], total
-
-        grads, consistency, total = tf.function(step, jit_compile=jit_compile)()
-        return float(total), float(consistency), [g.numpy() for g in grads]
-
-    total, consistency, grads = run(plain, False)
-    total_r, consistency_r, grads_r = run(remat, False)
+    total, consistency, grads = mtpsl_step(plain, batch)
+    total_r, consistency_r, grads_r = mtpsl_step(remat, batch)
     assert consistency > 0
     assert (total_r, consistency_r) == pytest.approx((total, consistency), rel=1e-6)
     scale = max(np.abs(g).max() for g in grads)

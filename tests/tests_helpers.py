@@ -117,3 +117,35 @@ def mtpsl_batch(tasks=None):
             "label_mask": {n: tf.constant([1.0 if i % len(names) == k else 0.0 for i in range(b)])
                            for k, n in enumerate(names)},
             "index": tf.range(b, dtype=tf.int64)}
+
+
+def tiny_mtpsl_model(method="mtpsl", precision="float32", remat_backbone=False, **options):
+    """A tiny (widths 4,8,8,8,8, 32x32) NYU-v2 model of `method`, seeded; `options` are the
+    method's (e.g. remat_mapping=True, mapping_chunks=2)."""
+    import keras
+
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.training.run import build, dtype_policy
+
+    config = ExperimentConfig()
+    config.method.method = method
+    config.model.filters = "4,8,8,8,8"
+    config.model.remat_backbone = remat_backbone
+    config.options = dict(options)
+    config.train.precision = precision
+    config.validate()
+    keras.utils.set_random_seed(0)
+    with dtype_policy(precision):
+        return build(config, DATASETS.get("nyuv2").tasks(), 32, 32, steps=10)
+
+
+def mtpsl_step(model, batch, jit_compile=False):
+    """(total, consistency, gradients as numpy) of one MTPSL step in a tf.function."""
+    import tensorflow as tf
+
+    def step():
+        grads, terms, total = model.compute_gradients(batch)
+        return grads, terms.extra["consistency"], total
+
+    grads, consistency, total = tf.function(step, jit_compile=jit_compile)()
+    return float(total), float(consistency), [g.numpy() for g in grads]

@@ -30,7 +30,7 @@ from typing import List, Tuple
 
 import tensorflow as tf
 
-from mtpsl_tf.methods.mtpsl.compact import SlotInputs, embed_rows
+from mtpsl_tf.methods.mtpsl.compact import SlotInputs, consistency_loss_compact, embed_rows, slot_inputs
 from mtpsl_tf.methods.mtpsl.consistency import pair_loss
 
 def chunk_bounds(capacity: int, chunks: int) -> List[Tuple[int, int]]:
@@ -125,6 +125,20 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
         return total, grad
 
     return run(*slots.inputs)
+
+
+def consistency_sum(mapping_net, preds, labels, feat, label_mask, mode: str, capacity: int, chunks: int = 1,
+                    seed=None, reg_weight: float = 0.5, tasks=None, recompute: bool = False,
+                    skip_unannotated: bool = True) -> tf.Tensor:
+    """Sum over the images of `consistency_loss_compact` (same arguments, training mode), float32
+    scalar: in one mapping-net call for `chunks` = 1, else in `chunks` groups of slots."""
+    if chunks <= 1:
+        return tf.reduce_sum(consistency_loss_compact(
+            mapping_net, preds, labels, feat, label_mask, mode, capacity=capacity, seed=seed, reg_weight=reg_weight,
+            training=True, tasks=tasks, recompute=recompute, skip_unannotated=skip_unannotated))
+    slots = slot_inputs(mapping_net, preds, labels, label_mask, mode, capacity, seed=seed, tasks=tasks,
+                        skip_unannotated=skip_unannotated)
+    return consistency_sum_chunked(mapping_net, slots, feat, reg_weight, chunks, recompute=recompute)
 
 
 def _tf_variable(variable) -> tf.Variable:

@@ -9,8 +9,8 @@ import keras
 import tensorflow as tf
 
 from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, two_view_outputs
-from mtpsl_tf.methods.mtpsl.chunked import check_precision, consistency_sum_chunked
-from mtpsl_tf.methods.mtpsl.compact import ActiveItems, consistency_loss_compact, embed_active_items, slot_inputs
+from mtpsl_tf.methods.mtpsl.chunked import check_precision, consistency_sum
+from mtpsl_tf.methods.mtpsl.compact import ActiveItems, embed_active_items
 from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
 from mtpsl_tf.methods.mtpsl.mapping import MappingNet
 from mtpsl_tf.methods.mtpsl.pairs import MODES, max_active_pairs
@@ -142,17 +142,11 @@ class MTPSL(Method):
         """(extra terms, their weights) from view 2's outputs (`{task: ..., "feature": ...}`);
         the joint-space baselines (contrastive, discriminator) override this."""
         o = self.options
-        capacity = self.capacity(batch["image"].shape[0])
-        if o.mapping_chunks > 1:
-            slots = slot_inputs(self.mapping, view2, batch["labels_aug"], batch["label_mask"], self.mode, capacity,
-                                seed=self._seed(step), tasks=self.tasks, skip_unannotated=o.skip_unannotated_targets)
-            total = consistency_sum_chunked(self.mapping, slots, view2["feature"], o.reg_weight, o.mapping_chunks,
-                                            recompute=o.remat_mapping)
-        else:
-            total = tf.reduce_sum(consistency_loss_compact(
-                self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
-                capacity=capacity, seed=self._seed(step), reg_weight=o.reg_weight, training=True, tasks=self.tasks,
-                recompute=o.remat_mapping, skip_unannotated=o.skip_unannotated_targets))
+        total = consistency_sum(
+            self.mapping, view2, batch["labels_aug"], view2["feature"], batch["label_mask"], self.mode,
+            capacity=self.capacity(batch["image"].shape[0]), chunks=o.mapping_chunks, seed=self._seed(step),
+            reg_weight=o.reg_weight, tasks=self.tasks, recompute=o.remat_mapping,
+            skip_unannotated=o.skip_unannotated_targets)
         consistency = total / float(global_batch_size)
         return {"consistency": consistency}, {"consistency": self.con_weight(progress)}
 
