@@ -149,3 +149,23 @@ def mtpsl_step(model, batch, jit_compile=False):
 
     grads, consistency, total = tf.function(step, jit_compile=jit_compile)()
     return float(total), float(consistency), [g.numpy() for g in grads]
+
+
+def assert_same_mtpsl_step(plain, other):
+    """Gives `other` the weights of `plain` (network and mapping net), runs one MTPSL step of
+    each on the same batch, and asserts equal total and consistency terms (rel 1e-6) and
+    gradients (rtol 1e-4, atol 1e-5 of the largest gradient: conv biases in front of a
+    training-mode BatchNorm have a true gradient of 0 and float noise)."""
+    import numpy as np
+    import pytest
+
+    other.network.set_weights(plain.network.get_weights())
+    other.method.mapping.set_weights(plain.method.mapping.get_weights())
+    batch = mtpsl_batch(plain.method.tasks)
+    total, consistency, grads = mtpsl_step(plain, batch)
+    total_o, consistency_o, grads_o = mtpsl_step(other, batch)
+    assert consistency > 0
+    assert (total_o, consistency_o) == pytest.approx((total, consistency), rel=1e-6)
+    scale = max(np.abs(g).max() for g in grads)
+    for a, b in zip(grads_o, grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
