@@ -6,12 +6,13 @@
 
 (`benchmarks/weighting_overhead.py` compares the weightings' step times with `fixed`.)
 
-Reports images/s, seconds per step, peak RSS, TensorFlow's allocator figures on the CPU
-(`alloc_before_step_mb`: live bytes before the first step, i.e. weights, optimiser slots and
-the batch; `alloc_peak_mb`: the most live at once from then on, XLA temporaries included),
-the step's convolution FLOPs (counted
-from the traced graph: forward and backward Conv2D ops) over its time, and the GFLOP/s
-of a large float32 matmul timed in the same process (the machine's practical peak).
+Reports images/s, seconds per step, peak RSS (at the end of the timed steps), TensorFlow's
+allocator figures on the CPU (`alloc_before_step_mb`: live bytes before the first step, i.e.
+weights, optimiser slots and the batch; `rss_before_step_mb`: the resident set then: runtime,
+model and batch; `alloc_peak_mb`: the most live at once from then on, XLA temporaries
+included), the step's convolution FLOPs (counted from a second trace of the step after the
+timed steps: forward and backward Conv2D ops) over its time, and the GFLOP/s of a large
+float32 matmul timed in the same process (the machine's practical peak).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ flags.DEFINE_integer("width", 384, "Image width (multiple of 32).")
 flags.DEFINE_integer("batch_size", 2, "Images per step (two views each for two-view methods).")
 flags.DEFINE_boolean("xla", True, "jit_compile the step.")
 flags.DEFINE_string("filters", "", "Comma-separated 5 widths (empty: standard SegNet).")
+flags.DEFINE_boolean("lean_host_memory", False, "TensorFlow's BFC CPU allocator and glibc malloc settings "
+                     "(train.py --lean_host_memory; mtpsl_tf/host_memory.py).")
 flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
@@ -51,23 +54,24 @@ CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 
 
 def conv_flops(graph) -> float:
-    """2*MACs of every forward/backward Conv2D op in `graph` (and its nested functions)."""
+    """2*MACs of every forward/backward Conv2D op in `graph` (and its nested functions).
+
+    Each of the three ops of a convolution costs its forward pass's MACs: output positions x
+    output channels x kernel taps x input channels per group (a grouped convolution's kernel
+    is [kh, kw, Cin / groups, Cout])."""
     total = 0.0
     graphs = [graph] + [f.graph for f in getattr(graph, "_functions", {}).values() if hasattr(f, "graph")]
     for g in graphs:
         for op in g.get_operations():
             if op.type not in CONV_OPS:
                 continue
-            out = op.outputs[0].shape
-            if op.type == "Conv2DBackpropFilter":
-                kh, kw, cin, cout = out
-                grad = op.inputs[2].shape  # dL/d(output): [B, H, W, Cout]
-                total += 2.0 * grad[0] * grad[1] * grad[2] * cout * kh * kw * cin
-            else:
-                kernel = op.inputs[1].shape
-                kh, kw = kernel[0], kernel[1]
-                cin_k = kernel[2] if op.type == "Conv2D" else kernel[3]
-                total += 2.0 * out[0] * out[1] * out[2] * out[3] * kh * kw * cin_k
+            if op.type == "Conv2D":
+                kernel, out = op.inputs[1].shape, op.outputs[0].shape
+            elif op.type == "Conv2DBackpropInput":  # (input_sizes, filter, dL/d(output))
+                kernel, out = op.inputs[1].shape, op.inputs[2].shape
+            else:  # Conv2DBackpropFilter: (input, filter_sizes, dL/d(output)) -> the filter's shape
+                kernel, out = op.outputs[0].shape, op.inputs[2].shape
+            total += 2.0 * out[0] * out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
     return total
 
 
@@ -141,6 +145,16 @@ def _peak_gpu_mb(tf):
     return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
 
 
+def _rss_now_mb():
+    """The process's resident set size now in MiB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024, 1)
+
+
 def _alloc_mb(tf, key):
     """TensorFlow's CPU allocator statistic `key` ("current" / "peak") in MiB."""
     return round(tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20, 1)
@@ -148,6 +162,10 @@ def _alloc_mb(tf, key):
 
 def main(argv):
     del argv
+    if FLAGS.lean_host_memory:  # before TensorFlow is imported
+        from mtpsl_tf.host_memory import use_lean_host_memory
+
+        use_lean_host_memory()
     import keras
     import tensorflow as tf
 
@@ -175,9 +193,8 @@ def main(argv):
         batch = random_batch(model.method.tasks, FLAGS.batch_size, FLAGS.height, FLAGS.width, FLAGS.setting,
                              model.method.two_views, model.method.align_views)
         step = tf.function(model.train_step, jit_compile=FLAGS.xla)
-        flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
         tf.config.experimental.reset_memory_stats("CPU:0")
-        alloc_before = _alloc_mb(tf, "current")
+        alloc_before, rss_before = _alloc_mb(tf, "current"), _rss_now_mb()
         for _ in range(FLAGS.warmup):
             tf.nest.map_structure(lambda t: t.numpy(), step(batch))
         start = time.perf_counter()
@@ -186,17 +203,22 @@ def main(argv):
         tf.nest.map_structure(lambda t: t.numpy(), out)
         step_s = (time.perf_counter() - start) / FLAGS.steps
         alloc_peak = _alloc_mb(tf, "peak")
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # Counted after the timed steps: this second trace of the step is not part of training.
+        flops = conv_flops(tf.function(model.train_step).get_concrete_function(batch).graph)
     peak = matmul_peak()
     result = {
-        "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone, "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size,
-        "xla": FLAGS.xla, "remat_backbone": FLAGS.remat_backbone, "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
+        "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone,
+        "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size, "xla": FLAGS.xla,
+        "remat_backbone": FLAGS.remat_backbone, "lean_host_memory": FLAGS.lean_host_memory,
+        "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),
         "conv_gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 2),
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
+        "peak_rss_mb": round(peak_rss, 1),
+        "rss_before_step_mb": rss_before, "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
         "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }

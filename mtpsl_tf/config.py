@@ -93,6 +93,10 @@ class TrainConfig:
         "(PASCAL-Context: 1e-4). 0: none.")
     precision: str = _field("float32", "float32, mixed_float16 or mixed_bfloat16.")
     xla: bool = _field(False, "Compile train/test steps with XLA (jit_compile).")
+    lean_host_memory: bool = _field(
+        False, "CPU: TensorFlow's BFC allocator and glibc malloc settings that return freed memory, so the "
+        "resident set stays near the live bytes (same values; docs/MEMORY.md). Taken by train.py before "
+        "TensorFlow starts.")
     strategy: str = _field("default", "default, mirrored (all local devices) or multi_worker (TF_CONFIG).")
     seed: int = _field(0, "Seed of weights init, shuffling and augmentation.")
     eval_every: int = _field(1, "Evaluate every this many epochs (and always after the last).")

@@ -24,6 +24,36 @@ def test_conv_layers_benchmark():
     assert all(row["gflops_per_s"] > 0 for row in report["rows"])
 
 
+_FLOPS_CHECK = """
+import importlib.util, json, sys
+import tensorflow as tf
+spec = importlib.util.spec_from_file_location("train_step", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+out = {}
+for groups in (1, 4):
+    kernel = tf.Variable(tf.ones([3, 3, 8 // groups, 12]))
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.conv2d(x, kernel, 2, "SAME")
+        return tape.gradient(y, [x, kernel])
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec([2, 16, 16, 8])).graph
+    out[groups] = module.conv_flops(graph)
+print(json.dumps(out))
+"""
+
+
+def test_train_step_counts_grouped_conv_flops():
+    """Forward, input-gradient and filter-gradient convolutions each cost the forward MACs:
+    2 x (2 x 8 x 8 output positions) x 12 channels x 9 taps x (8 / groups) inputs, x 3 ops."""
+    result = subprocess.run([sys.executable, "-c", _FLOPS_CHECK, os.path.join(ROOT, "benchmarks", "train_step.py")],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    flops = json.loads(result.stdout.strip().splitlines()[-1])
+    assert flops == {str(g): 3 * 2.0 * (2 * 8 * 8) * 12 * 9 * (8 // g) for g in (1, 4)}
+
+
 @pytest.mark.slow  # CI time; `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_train_step_benchmark():
     # One case (the PASCAL backbone, no XLA): each costs over a minute of tracing; the
@@ -32,6 +62,7 @@ def test_train_step_benchmark():
                   "--noxla", "--filters=4,4,8,8,8", "--height=32", "--width=32", "--batch_size=2",
                   "--warmup=1", "--steps=1")
     assert report["step_s"] > 0 and report["conv_gflop_per_step"] > 0
+    assert 0 < report["rss_before_step_mb"] <= report["peak_rss_mb"]
 
 
 def test_inference_benchmark_rows_per_format_and_switches():

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mtpsl_tf.config import ExperimentConfig, save_config
 from mtpsl_tf.data import pipeline
+from mtpsl_tf.host_memory import check_applied
 from mtpsl_tf.methods.facts import build_method, complete_options, setting_kind
 from mtpsl_tf.models.registry import BACKBONES
 from mtpsl_tf.training import callbacks as callbacks_lib
@@ -169,6 +170,7 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
     """Trains and evaluates as configured; returns the final metrics dict (also written to
     `<model_dir>/metrics.json`)."""
     config.validate()
+    check_applied(config.train.lean_host_memory)
     config.options = complete_options(config)
     model_dir = config.train.model_dir
     fresh = not os.path.exists(model_dir)

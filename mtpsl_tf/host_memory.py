@@ -1,0 +1,81 @@
+"""Lean host memory for training on a CPU (`--lean_host_memory`, docs/MEMORY.md).
+
+Two allocator settings that keep the resident set close to the live bytes: TensorFlow's BFC
+allocator for its CPU tensors (`TF_CPU_ALLOCATOR_USE_BFC=true`: one growing pool whose freed
+chunks are reused, instead of malloc per tensor), and glibc malloc settings that hand freed
+memory back to the system (mmap for blocks from 128 KiB, trim above 128 KiB, at most 2 arenas:
+the same as the environment variables `MALLOC_MMAP_THRESHOLD_=131072
+MALLOC_TRIM_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`, applied through `mallopt`). Neither changes
+any computed value. TensorFlow reads its setting once, when it creates its CPU allocator (the
+first tensor), so `train.py` applies it right after parsing flags, and `training.run` checks
+that it took effect (`check_applied`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+from typing import List
+
+log = logging.getLogger("mtpsl_tf")
+
+TF_BFC = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# glibc's mallopt parameters (malloc.h) and their values; why: module docstring.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+GLIBC_SETTINGS = (("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, 128 * 1024),
+                  ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 128 * 1024),
+                  ("M_ARENA_MAX", M_ARENA_MAX, 2))
+ENV_EQUIVALENT = ("TF_CPU_ALLOCATOR_USE_BFC=true MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 "
+                  "MALLOC_ARENA_MAX=2")
+
+
+def use_lean_host_memory() -> List[str]:
+    """Applies the settings to this process; returns them as `NAME=value` strings. Off glibc
+    (macOS, musl) only TensorFlow's setting applies, with a warning."""
+    os.environ[TF_BFC[0]] = TF_BFC[1]
+    applied = ["=".join(TF_BFC)]
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
+        log.warning("--lean_host_memory: not glibc (%s), malloc settings left as they are", platform.libc_ver()[0] or
+                    platform.system())
+        return applied
+    for name, param, value in GLIBC_SETTINGS:
+        if mallopt(param, value) != 1:
+            raise OSError(f"--lean_host_memory: glibc mallopt({name}, {value}) failed")
+        applied.append(f"{name}={value}")
+    return applied
+
+
+def _glibc_mallopt():
+    """glibc's `int mallopt(int, int)`, or None elsewhere."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
+
+
+def check_applied(enabled: bool) -> None:
+    """Raises ValueError when `--lean_host_memory` is set but TensorFlow's CPU allocator is not
+    the BFC allocator (it was created before the setting, e.g. `training.run` called from a
+    notebook that had already run TensorFlow ops)."""
+    if enabled and not bfc_allocator_active():
+        raise ValueError("--lean_host_memory is set but TensorFlow's CPU allocator was created without it: run "
+                         f"train.py, or start Python with the environment variables {ENV_EQUIVALENT}")
+
+
+def bfc_allocator_active() -> bool:
+    """Whether TensorFlow's CPU allocator is the BFC allocator: it rounds every allocation up to
+    its 256-byte minimum chunk, so a 12-byte tensor adds exactly 256 live bytes."""
+    import tensorflow as tf
+
+    with tf.device("CPU:0"):
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        probe = tf.random.uniform([3])
+        grown = tf.config.experimental.get_memory_info("CPU:0")["current"] - before
+    del probe
+    return grown == 256
