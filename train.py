@@ -33,7 +33,7 @@ def main(argv):
     # does nothing): our own INFO lines (devices, resume point, epochs) need their own level.
     logging.getLogger("mtpsl_tf").setLevel(logging.INFO)
     try:
-        if flags.FLAGS.lean_host_memory:  # before anything imports TensorFlow (mtpsl_tf/host_memory.py)
+        if flags.FLAGS.lean_host_memory:  # before TensorFlow's first tensor (mtpsl_tf/host_memory.py)
             from mtpsl_tf.host_memory import use_lean_host_memory
 
             logging.getLogger("mtpsl_tf").info("lean host memory: %s", " ".join(use_lean_host_memory()))
