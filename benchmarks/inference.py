@@ -83,14 +83,10 @@ def peak_rss_mb() -> float:
     VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec, so
     every worker would report at least the (large) parent's peak.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    from mtpsl_tf.host_memory import proc_status_mib
+
+    peak = proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def build(dataset: str, height: int, width: int):

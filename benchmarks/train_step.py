@@ -145,16 +145,6 @@ def _peak_gpu_mb(tf):
     return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
 
 
-def _rss_now_mb():
-    """The process's resident set size now in MiB (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
-    return round(int(line.split()[1]) / 1024, 1)
-
-
 def _alloc_mb(tf, key):
     """TensorFlow's CPU allocator statistic `key` ("current" / "peak") in MiB."""
     return round(tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20, 1)
@@ -171,6 +161,7 @@ def main(argv):
 
     from mtpsl_tf.config import ExperimentConfig
     from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.host_memory import proc_status_mib
     from mtpsl_tf.training.run import build, dtype_policy
 
     config = ExperimentConfig()
@@ -194,7 +185,7 @@ def main(argv):
                              model.method.two_views, model.method.align_views)
         step = tf.function(model.train_step, jit_compile=FLAGS.xla)
         tf.config.experimental.reset_memory_stats("CPU:0")
-        alloc_before, rss_before = _alloc_mb(tf, "current"), _rss_now_mb()
+        alloc_before, rss_before = _alloc_mb(tf, "current"), proc_status_mib("VmRSS")
         for _ in range(FLAGS.warmup):
             tf.nest.map_structure(lambda t: t.numpy(), step(batch))
         start = time.perf_counter()
@@ -218,7 +209,7 @@ def main(argv):
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
         "peak_rss_mb": round(peak_rss, 1),
-        "rss_before_step_mb": rss_before, "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
+        "rss_before_step_mb": None if rss_before is None else round(rss_before, 1), "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
         "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }

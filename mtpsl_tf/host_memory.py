@@ -18,16 +18,14 @@ import ctypes.util
 import logging
 import os
 import platform
-from typing import List
+from typing import List, Optional
 
 log = logging.getLogger("mtpsl_tf")
 
 TF_BFC = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
-# glibc's mallopt parameters (malloc.h) and their values; why: module docstring.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-GLIBC_SETTINGS = (("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, 128 * 1024),
-                  ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 128 * 1024),
-                  ("M_ARENA_MAX", M_ARENA_MAX, 2))
+# glibc's mallopt parameters (malloc.h: name, number) and their values; why: module docstring.
+GLIBC_SETTINGS = (("M_MMAP_THRESHOLD", -3, 128 * 1024), ("M_TRIM_THRESHOLD", -1, 128 * 1024), ("M_ARENA_MAX", -8, 2))
+# The same as environment variables, for a process started by hand (glibc's names are irregular).
 ENV_EQUIVALENT = ("TF_CPU_ALLOCATOR_USE_BFC=true MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 "
                   "MALLOC_ARENA_MAX=2")
 
@@ -79,3 +77,16 @@ def bfc_allocator_active() -> bool:
         grown = tf.config.experimental.get_memory_info("CPU:0")["current"] - before
     del probe
     return grown == 256
+
+
+def proc_status_mib(field: str) -> Optional[float]:
+    """A size line of /proc/self/status in MiB (`VmRSS`: resident now, `VmHWM`: peak resident);
+    None where there is no such file (not Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None

@@ -34,10 +34,15 @@ print(json.dumps({"applied": applied, "bytes": grown, "check": verdict}))
 """
 
 
-def _probe(mode):
+def _env_without_bfc():
+    """This environment minus TensorFlow's allocator switch, quiet."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    return dict(env, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _probe(mode):
     result = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=300,
-                            cwd=ROOT, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"))
+                            cwd=ROOT, env=_env_without_bfc())
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -67,10 +72,9 @@ def test_run_refuses_lean_host_memory_it_cannot_apply(tmp_path, monkeypatch):
 
 def test_train_py_applies_lean_host_memory(tmp_path):
     model_dir = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--epochs=1", "--lean_host_memory",
                              f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}"], cwd=tmp_path,
-                            env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
+                            env=_env_without_bfc(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lean host memory: TF_CPU_ALLOCATOR_USE_BFC=true M_MMAP_THRESHOLD=131072" in result.stderr
     assert json.loads((model_dir / "config.json").read_text())["train"]["lean_host_memory"] is True
