@@ -161,6 +161,20 @@ def table(summary, rows, keys):
     return lines
 
 
+def train_stl_and_methods(slots: "queue.Queue"):
+    """The STL runs (seed 0), then every (method, seed) against their reference:
+    (reference: primary metric -> STL value, reports: (method, seed) -> metrics.json)."""
+    stl = train_all({task: (os.path.join(FLAGS.out, f"stl_{task}"), ("--method=stl", f"--stl_task={task}", "--seed=0"))
+                     for task in PRIMARY}, slots)
+    reference = {f"{task}/{metric}": stl[task]["last"]["metrics"][f"{task}/{metric}"]
+                 for task, (metric, _) in PRIMARY.items()}
+    ref_flag = ",".join(f"{k}={v}" for k, v in reference.items())
+    reports = train_all({(method, seed): (os.path.join(FLAGS.out, f"{method}_seed{seed}"),
+                                          (*method_flags(method, FLAGS.method_flag), f"--seed={seed}", f"--stl_reference={ref_flag}"))
+                         for method in FLAGS.methods for seed in FLAGS.seeds}, slots)
+    return reference, reports
+
+
 def main(argv):
     del argv
     try:
@@ -174,14 +188,12 @@ def main(argv):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    stl = train_all({task: (os.path.join(FLAGS.out, f"stl_{task}"), ("--method=stl", f"--stl_task={task}", "--seed=0"))
-                     for task in PRIMARY}, slots)
-    reference = {f"{task}/{metric}": stl[task]["last"]["metrics"][f"{task}/{metric}"]
-                 for task, (metric, _) in PRIMARY.items()}
-    ref_flag = ",".join(f"{k}={v}" for k, v in reference.items())
-    reports = train_all({(method, seed): (os.path.join(FLAGS.out, f"{method}_seed{seed}"),
-                                          (*method_flags(method, FLAGS.method_flag), f"--seed={seed}", f"--stl_reference={ref_flag}"))
-                         for method in FLAGS.methods for seed in FLAGS.seeds}, slots)
+    try:
+        reference, reports = train_stl_and_methods(slots)
+    except subprocess.CalledProcessError as err:
+        print(f"error: a run failed (exit status {err.returncode}; its output is above): {' '.join(err.cmd)}",
+              file=sys.stderr)
+        return 1
     rows = {}
     for (method, _), report in reports.items():
         rows.setdefault(method, []).append({**report["last"]["metrics"], "delta_mtl": report["last"]["delta_mtl"]})

@@ -108,3 +108,13 @@ def test_bad_method_flag_is_named(finished):
     result = _compare(finished, "--method_flag=stl=--noxla")
     assert result.returncode == 2
     assert "--method_flag entries must look like ENTRY=--flag" in result.stderr and "'stl=--noxla'" in result.stderr
+
+
+def test_a_failed_run_is_named_and_the_exit_status_is_1(finished):
+    """sl seed 3 is not finished, so it trains, from a flagfile that does not exist."""
+    result = subprocess.run([sys.executable, SCRIPT, f"--out={finished}", "--methods=sl", "--seeds=0,3",
+                             f"--flagfile_base={finished / 'missing.flags'}"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 1
+    assert "error: a run failed (exit status" in result.stderr and "sl_seed3" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,6 +17,7 @@ resumed at epoch e sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -70,12 +71,31 @@ def make_builder(config: DataConfig, spec: DatasetSpec):
         kwargs["config"] = config.dataset_config or spec.default_config
     builder = tfds.builder(spec.builder_name, **kwargs)
     if spec.generated:
-        builder.download_and_prepare()
+        builder = _prepare_generated(lambda: tfds.builder(spec.builder_name, **kwargs), builder)
     elif not _is_prepared(builder):
         raise FileNotFoundError(
             f"dataset {spec.name!r} is not prepared in {builder.data_dir!r}; run "
             f"`python datasets/prepare.py --dataset={spec.name} --manual_dir=<raw data> "
             f"--data_dir={config.data_dir or '<data_dir>'}` first (see datasets/README.md)")
+    return builder
+
+
+def _prepare_generated(make: Callable[[], object], builder):
+    """Generates `builder`'s data unless it is there; returns a prepared builder.
+
+    The generation runs under an exclusive lock file beside the builder's data folder: runs
+    started together on a fresh machine (benchmarks/compare_methods.py --jobs=2) used to
+    generate at once, and the second's final rename failed ("Destination ... already
+    exists"). The process that waited finds the data prepared and reuses it.
+    """
+    if _is_prepared(builder):
+        return builder
+    parent = os.path.dirname(builder.data_dir)
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, ".prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = make()  # a fresh builder: the data may have been written while waiting
+        builder.download_and_prepare()
     return builder
 
 
