@@ -32,6 +32,11 @@ METHODS: Registry = Registry("method", modules=(
     "mtpsl_tf.methods.cross_task.xtask",
 ))
 
+# The help of --remat_mapping, an option of every method with mapping networks (one flag).
+REMAT_MAPPING_HELP = ("mtpsl and its baselines with mapping networks (contrastive, discriminator, direct_map, "
+                      "perceptual_map, xtask): recompute the mapping networks' activations in the backward pass "
+                      "instead of keeping them (less memory, one more forward pass of the mappings per step).")
+
 
 @dataclasses.dataclass
 class LossTerms:

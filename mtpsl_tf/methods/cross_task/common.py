@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import LossTerms, Method, presence
+from mtpsl_tf.methods.base import REMAT_MAPPING_HELP, LossTerms, Method, presence
 from mtpsl_tf.methods.cross_task import losses, pairs
 from mtpsl_tf.methods.cross_task.networks import PairMappings
 from mtpsl_tf.methods.supervised import task_losses
@@ -38,6 +38,7 @@ class CrossTaskOptions:
 
     map_weight: float = option(1.0, "direct_map / perceptual_map / xtask: weight of the cross-task term.")
     map_pairs: str = option("auto", MAP_PAIRS_HELP)
+    remat_mapping: bool = option(False, REMAT_MAPPING_HELP)
 
     def validate(self) -> None:
         """Raises ValueError naming the flag."""
@@ -86,7 +87,7 @@ class CrossTaskMethod(Method):
     def build(self, network) -> None:
         super().build(network)
         self.mappings = PairMappings({t.name: t.head_spec for t in self.tasks}, self.mapping_filters(network),
-                                     name="mappings")
+                                     remat=self.options.remat_mapping, name="mappings")
         self.mappings.build()
 
     def extra_layers(self) -> list:

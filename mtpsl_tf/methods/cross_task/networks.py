@@ -22,6 +22,7 @@ import tensorflow as tf
 from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
 from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, BatchNorm, MaxUnpool2D
+from mtpsl_tf.models.remat import recompute
 
 
 def ordered_pairs(names: Sequence[str]) -> List[Tuple[str, str]]:
@@ -124,14 +125,20 @@ class PairMappings(keras.layers.Layer):
     Args:
         heads: ordered task name -> head spec {"channels", "activation"} (the tasks' own).
         filters: the five SegNet widths of every mapping network.
+        remat: keep only each encoder / decoder stage's inputs (and the pooling switches) for
+            the backward pass and recompute the stage there (`models.remat`), in training and
+            in `map_all_frozen`, whose outputs are differentiated with respect to the inputs.
+            Same values and gradients; less memory, one more forward pass of the mappings.
 
     `map_all(inputs, training)`: inputs a list, per pair of `pairs()`, of source mapping inputs
     `[B,H,W,channels of source]` (H, W multiples of 32); returns the list of target outputs
     `[B,H,W,channels of target]` (after the target head's activation).
     """
 
-    def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int], **kwargs):
+    def __init__(self, heads: Mapping[str, Mapping[str, object]], filters: Sequence[int], remat: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         if len(heads) < 2:
             raise ValueError(f"cross-task mappings need at least two tasks, got {list(heads)}")
         self.heads = {name: dict(spec) for name, spec in heads.items()}
@@ -190,18 +197,30 @@ class PairMappings(keras.layers.Layer):
         """x `[B,H,W,P*in_width]` -> raw head logits `[B,H,W,P*out_width]` float32."""
         switches = []
         for i in range(5):
-            x = self.encoder_block[i](x, training=training)
-            for block in self.conv_block_enc[i]:
-                x = block(x, training=training)
-            x, s = self.pools[i](x)
-            switches.append(s)
-        for k in range(5):
-            i = 4 - k
-            x = self.unpools[i]([x, switches[i]])
-            x = self.decoder_block[i](x, training=training)
-            for block in self.conv_block_dec[i]:
-                x = block(x, training=training)
+            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x)
+            switches.append(tf.stop_gradient(s))  # 0/1 window masks: no gradient, as in the plain pass
+        for i in range(4, -1, -1):
+            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x)
         return tf.cast(self.head_out(self.head_hidden(x)), tf.float32)
+
+    def _segment(self, fn, x):
+        """`fn(x)`, recomputed in the backward pass under `remat`."""
+        return recompute(fn, self)(x) if self.remat else fn(x)
+
+    def _encoder_stage(self, i, x, training):
+        """Encoder stage i of every pair's SegNet: convs, then the 2x2 argmax pool -> (pooled, switches)."""
+        x = self.encoder_block[i](x, training=training)
+        for block in self.conv_block_enc[i]:
+            x = block(x, training=training)
+        return self.pools[i](x)
+
+    def _decoder_stage(self, i, x, switches, training):
+        """Decoder stage mirroring encoder stage i: unpool with its switches, then convs."""
+        x = self.unpools[i]([x, switches])
+        x = self.decoder_block[i](x, training=training)
+        for block in self.conv_block_dec[i]:
+            x = block(x, training=training)
+        return x
 
     def map_all(self, inputs: Sequence[tf.Tensor], training: bool = False) -> List[tf.Tensor]:
         return self.split_outputs(self(self.stack_inputs(inputs), training=training))
@@ -216,5 +235,5 @@ class PairMappings(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(heads=self.heads, filters=self.filters)
+        config.update(heads=self.heads, filters=self.filters, remat=self.remat)
         return config

@@ -8,7 +8,7 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
-from mtpsl_tf.methods.base import METHODS, LossTerms, Method, presence, two_view_outputs
+from mtpsl_tf.methods.base import METHODS, REMAT_MAPPING_HELP, LossTerms, Method, presence, two_view_outputs
 from mtpsl_tf.methods.mtpsl.chunked import check_precision, consistency_sum
 from mtpsl_tf.methods.mtpsl.compact import ActiveItems, embed_active_items
 from mtpsl_tf.methods.mtpsl.encoders import MAPPING_ENCODERS
@@ -37,9 +37,7 @@ class MTPSLOptions:
     rampup: str = option("fixed", "mtpsl: fixed, or up (linear ramp of con_weight over the first 100 epochs).")
     film_learning_rate: float = option(1e-3, "mtpsl: Adam lr of the FiLM tables (paper: 1e-3 NYU-v2, 1e-5 Cityscapes).")
     film_lr_decay_epochs: int = option(30, "mtpsl: halve the FiLM learning rate every this many epochs.")
-    remat_mapping: bool = option(
-        False, "mtpsl: recompute the mapping encoder's activations in the backward pass instead of keeping "
-        "them (less memory, one more mapping-encoder forward pass per step).")
+    remat_mapping: bool = option(False, REMAT_MAPPING_HELP)
     mapping_chunks: int = option(
         1, "mtpsl: run the mapping net over the active items in this many groups, each group's backward "
         "pass right after its forward pass, so one group's activations are alive at a time (less memory, "
