@@ -22,8 +22,29 @@ VARIANT_FILTERS = {
 STRIDE = SEGNET_INPUT_MULTIPLE  # five 2x2 poolings
 
 
+class SegNetStages:
+    """The encoder / decoder stages of a SegNet-shaped layer: mixed into a layer that has
+    `encoder_block`, `conv_block_enc`, `pools`, `unpools`, `decoder_block`, `conv_block_dec`
+    (SegNet here, the grouped mapping SegNets of the cross-task baselines)."""
+
+    def _encoder_stage(self, i, x, training):
+        """Encoder stage i: convs then the 2x2 argmax pool -> (pooled, switches)."""
+        x = self.encoder_block[i](x, training=training)
+        for block in self.conv_block_enc[i]:
+            x = block(x, training=training)
+        return self.pools[i](x)
+
+    def _decoder_stage(self, i, x, switches, training):
+        """Decoder stage mirroring encoder stage i: unpool with its switches, then convs."""
+        x = self.unpools[i]([x, switches])
+        x = self.decoder_block[i](x, training=training)
+        for block in self.conv_block_dec[i]:
+            x = block(x, training=training)
+        return x
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SegNet(Backbone):
+class SegNet(SegNetStages, Backbone):
     """Shared SegNet encoder-decoder with one small head per task.
 
     Args:
@@ -117,21 +138,6 @@ class SegNet(Backbone):
         if self.remat and training:
             return recompute(fn, self)(x)
         return fn(x)
-
-    def _encoder_stage(self, i, x, training):
-        """Encoder stage i: convs then the 2x2 argmax pool -> (pooled, switches)."""
-        x = self.encoder_block[i](x, training=training)
-        for block in self.conv_block_enc[i]:
-            x = block(x, training=training)
-        return self.pools[i](x)
-
-    def _decoder_stage(self, i, x, switches, training):
-        """Decoder stage mirroring encoder stage i: unpool with its switches, then convs."""
-        x = self.unpools[i]([x, switches])
-        x = self.decoder_block[i](x, training=training)
-        for block in self.conv_block_dec[i]:
-            x = block(x, training=training)
-        return x
 
     def last_shared_kernel(self):
         """The decoder runs its blocks from index 4 down to 0: conv_block_dec[0] is last."""

@@ -23,6 +23,7 @@ from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
 from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, BatchNorm, MaxUnpool2D
 from mtpsl_tf.models.remat import recompute
+from mtpsl_tf.models.segnet import SegNetStages
 
 
 def ordered_pairs(names: Sequence[str]) -> List[Tuple[str, str]]:
@@ -119,7 +120,7 @@ class GroupedConvBNReLU(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PairMappings(keras.layers.Layer):
+class PairMappings(SegNetStages, keras.layers.Layer):
     """The SegNets of every ordered pair of `heads`' tasks, as one grouped network.
 
     Args:
@@ -206,21 +207,6 @@ class PairMappings(keras.layers.Layer):
     def _segment(self, fn, x):
         """`fn(x)`, recomputed in the backward pass under `remat`."""
         return recompute(fn, self)(x) if self.remat else fn(x)
-
-    def _encoder_stage(self, i, x, training):
-        """Encoder stage i of every pair's SegNet: convs, then the 2x2 argmax pool -> (pooled, switches)."""
-        x = self.encoder_block[i](x, training=training)
-        for block in self.conv_block_enc[i]:
-            x = block(x, training=training)
-        return self.pools[i](x)
-
-    def _decoder_stage(self, i, x, switches, training):
-        """Decoder stage mirroring encoder stage i: unpool with its switches, then convs."""
-        x = self.unpools[i]([x, switches])
-        x = self.decoder_block[i](x, training=training)
-        for block in self.conv_block_dec[i]:
-            x = block(x, training=training)
-        return x
 
     def map_all(self, inputs: Sequence[tf.Tensor], training: bool = False) -> List[tf.Tensor]:
         return self.split_outputs(self(self.stack_inputs(inputs), training=training))
