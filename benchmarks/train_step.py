@@ -209,7 +209,8 @@ def main(argv):
         "matmul_peak_gflops_per_s": round(peak, 2),
         "fraction_of_matmul_peak": round(flops / step_s / 1e9 / peak, 3),
         "peak_rss_mb": round(peak_rss, 1),
-        "rss_before_step_mb": None if rss_before is None else round(rss_before, 1), "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
+        "rss_before_step_mb": rss_before and round(rss_before, 1),
+        "alloc_before_step_mb": alloc_before, "alloc_peak_mb": alloc_peak,
         "peak_gpu_mb": _peak_gpu_mb(tf),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, TF {tf.__version__}",
     }

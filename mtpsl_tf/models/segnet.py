@@ -27,6 +27,10 @@ class SegNetStages:
     `encoder_block`, `conv_block_enc`, `pools`, `unpools`, `decoder_block`, `conv_block_dec`
     (SegNet here, the grouped mapping SegNets of the cross-task baselines)."""
 
+    def _segment(self, fn, x, remat: bool):
+        """`fn(x)`; with `remat`, recomputed in the backward pass (`models.remat`)."""
+        return recompute(fn, self)(x) if remat else fn(x)
+
     def _encoder_stage(self, i, x, training):
         """Encoder stage i: convs then the 2x2 argmax pool -> (pooled, switches)."""
         x = self.encoder_block[i](x, training=training)
@@ -116,28 +120,23 @@ class SegNet(SegNetStages, Backbone):
     def call(self, images, training=False) -> Dict[str, tf.Tensor]:
         self.check_input_size(images.shape[1], images.shape[2])
         x, switches = images, []
+        remat = self.remat and training  # recomputation only serves a backward pass
         for i in range(5):
-            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x, training)
+            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x, remat)
             switches.append(tf.stop_gradient(s))  # 0/1 window masks: no gradient, as in the plain pass
         feature = x
         # Decoder stage k mirrors encoder stage 4-k: decoder_block[-k-1], conv_block_dec[-k-1].
         for i in range(4, 0, -1):
-            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x, training)
-        x = self._segment(lambda h: self._decoder_stage(0, h, switches[0], training), x, training)
+            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x, remat)
+        x = self._segment(lambda h: self._decoder_stage(0, h, switches[0], training), x, remat)
         # The heads are their own segment so that `x`, the tensor they read, is a real tensor of
         # the outer graph: MGDA-UB (`shared_output`) differentiates the losses with respect to it.
         names = list(self.task_heads)
-        preds = self._segment(lambda h: [head(h) for head in self.task_heads.values()], x, training)
+        preds = self._segment(lambda h: [head(h) for head in self.task_heads.values()], x, remat)
         outputs = dict(zip(names, preds))
         outputs["feature"] = tf.cast(feature, tf.float32)
         outputs[self.shared_output] = x  # the heads' own input: MGDA-UB differentiates it
         return outputs
-
-    def _segment(self, fn, x, training):
-        """`fn(x)`, recomputed in the backward pass under `remat` in training."""
-        if self.remat and training:
-            return recompute(fn, self)(x)
-        return fn(x)
 
     def last_shared_kernel(self):
         """The decoder runs its blocks from index 4 down to 0: conv_block_dec[0] is last."""

@@ -22,7 +22,6 @@ import tensorflow as tf
 from mtpsl_tf.models.heads import ACTIVATIONS
 from mtpsl_tf.models.input_size import SEGNET_INPUT_MULTIPLE
 from mtpsl_tf.models.layers import PACKAGE, ArgMaxPool2D, BatchNorm, MaxUnpool2D
-from mtpsl_tf.models.remat import recompute
 from mtpsl_tf.models.segnet import SegNetStages
 
 
@@ -198,15 +197,11 @@ class PairMappings(SegNetStages, keras.layers.Layer):
         """x `[B,H,W,P*in_width]` -> raw head logits `[B,H,W,P*out_width]` float32."""
         switches = []
         for i in range(5):
-            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x)
+            x, s = self._segment(lambda h, i=i: self._encoder_stage(i, h, training), x, self.remat)
             switches.append(tf.stop_gradient(s))  # 0/1 window masks: no gradient, as in the plain pass
         for i in range(4, -1, -1):
-            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x)
+            x = self._segment(lambda h, i=i: self._decoder_stage(i, h, switches[i], training), x, self.remat)
         return tf.cast(self.head_out(self.head_hidden(x)), tf.float32)
-
-    def _segment(self, fn, x):
-        """`fn(x)`, recomputed in the backward pass under `remat`."""
-        return recompute(fn, self)(x) if self.remat else fn(x)
 
     def map_all(self, inputs: Sequence[tf.Tensor], training: bool = False) -> List[tf.Tensor]:
         return self.split_outputs(self(self.stack_inputs(inputs), training=training))
