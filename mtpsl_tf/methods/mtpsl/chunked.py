@@ -8,8 +8,11 @@ GradientTape inside the forward computation), which yields the group's gradients
 to its mapping-net inputs and to the mapping net's variables; the group's activations are then
 freed. The gradients are summed over groups and kept (the net's variable gradients plus the
 inputs' gradients: small next to the activations), and the backward pass of the step only
-scales them by the incoming gradient (`tf.custom_gradient`). Every group waits for the
-previous one (control dependencies), so groups never run side by side.
+scales them by the incoming gradient (`tf.custom_gradient`). The groups run in a
+`tf.while_loop` with one iteration at a time, so they never run side by side, and the net's
+forward and backward pass are traced once (twice when `capacity` splits into groups of two
+sizes) instead of once per group: the step's graph, which stays in host memory, does not grow
+with `chunks`.
 
 Exact because the mapping net is per item: its BatchNorm statistics are each item's own
 (`ItemBatchNorm`) and it updates no state, so a slot's loss does not depend on which other
@@ -56,9 +59,27 @@ def check_precision(mapping_net) -> None:
                          "--remat_mapping to save memory under mixed precision")
 
 
-def _rows(x, start, end, capacity):
-    """Rows of slots `[start, end)` of a `[2K, ...]` tensor: their sources, then their targets."""
-    return tf.concat([x[start:end], x[capacity + start:capacity + end]], axis=0)
+def _slice(x, start, size):
+    """`x[start:start + size]` for a tensor `start`, with a static first dimension."""
+    return tf.slice(x, tf.concat([[start], tf.zeros([x.shape.rank - 1], tf.int32)], 0),
+                    [size] + x.shape[1:].as_list())
+
+
+def _rows(x, start, size, capacity):
+    """Rows of slots `[start, start + size)` of a `[2K, ...]` tensor: their sources, then their targets."""
+    return tf.concat([_slice(x, start, size), _slice(x, capacity + start, size)], axis=0)
+
+
+def _equal_runs(bounds):
+    """`chunk_bounds`' groups as runs of equal size: (first slot, number of groups, size) each
+    (at most two runs: the longer groups come first)."""
+    runs = []
+    for start, end in bounds:
+        if runs and runs[-1][2] == end - start:
+            runs[-1][1] += 1
+        else:
+            runs.append([start, 1, end - start])
+    return [tuple(r) for r in runs]
 
 
 def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: float, chunks: int,
@@ -82,39 +103,60 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
     variables = list(mapping_net.trainable_variables)
     check_precision(mapping_net)
 
-    def group(start, end, inputs, after):
-        """(loss, input gradients, variable gradients) of the slots `[start, end)`."""
-        with tf.control_dependencies(after):
-            rows = [tf.identity(_rows(x, start, end, capacity)) for x in inputs]
+    def group(start, size, inputs):
+        """(loss, row gradients, variable gradients) of the `size` slots from `start` (a tensor)."""
+        rows = [_rows(x, start, size, capacity) for x in inputs]
         with tf.GradientTape() as tape:
             tape.watch(rows)
-            embeddings = embed_rows(mapping_net, rows, _rows(slots.item_task, start, end, capacity),
-                                    _rows(slots.item_pair, start, end, capacity), training, recompute)
+            embeddings = embed_rows(mapping_net, rows, _rows(slots.item_task, start, size, capacity),
+                                    _rows(slots.item_pair, start, size, capacity), training, recompute)
             source, target = tf.split(embeddings, 2, axis=0)
-            losses = tf.cast(pair_loss(source, target, tf.cast(item_feat[start:end], source.dtype), reg_weight),
-                             tf.float32)
-            loss = tf.reduce_sum(tf.where(slots.valid[start:end] > 0, losses, tf.zeros_like(losses)))
+            losses = tf.cast(pair_loss(source, target, tf.cast(_slice(item_feat, start, size), source.dtype),
+                                       reg_weight), tf.float32)
+            loss = tf.reduce_sum(tf.where(_slice(slots.valid, start, size) > 0, losses, tf.zeros_like(losses)))
         row_grads, var_grads = tape.gradient(loss, [rows, variables],
                                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return loss, row_grads, [tf.cast(g, v.dtype) for g, v in zip(var_grads, variables)]
 
+    def groups_of_one_size(first, count, size, inputs, total, var_grads):
+        """Runs `count` groups of `size` slots from slot `first`, one after the other, in a
+        `tf.while_loop` (its body, the net's forward and backward pass, is traced once however
+        many groups: a Python loop would put a copy per group in the step's graph). Returns
+        (total, var_grads) accumulated, and per input its row gradients `[2, count * size, ...]`
+        (sources, targets)."""
+        arrays = [tf.TensorArray(x.dtype, size=count, element_shape=[2 * size] + x.shape[1:].as_list()) for x in inputs]
+
+        def body(j, total, var_grads, arrays):
+            loss, rows, grads = group(first + j * size, size, inputs)
+            arrays = [a.write(j, g) for a, g in zip(arrays, rows)]
+            return j + 1, total + loss, [a + b for a, b in zip(var_grads, grads)], arrays
+
+        # parallel_iterations=1: a group starts only after the previous one ended, so one
+        # group's activations are alive at a time.
+        _, total, var_grads, arrays = tf.while_loop(
+            lambda j, *_: j < count, body, (tf.constant(0), total, var_grads, arrays), parallel_iterations=1)
+        row_grads = []
+        for a, x in zip(arrays, inputs):
+            stacked = tf.reshape(a.stack(), [count, 2, size] + x.shape[1:].as_list())  # [group, source/target, slot, ...]
+            row_grads.append(tf.reshape(tf.transpose(stacked, [1, 0, 2] + list(range(3, stacked.shape.rank))),
+                                        [2, count * size] + x.shape[1:].as_list()))
+        return total, var_grads, row_grads
+
     @tf.custom_gradient
     def run(*inputs):
-        total, after = tf.constant(0.0), []
-        row_grads = [[] for _ in inputs]
+        total = tf.constant(0.0)
         var_grads = [tf.zeros(v.shape, v.dtype) for v in variables]
-        for start, end in bounds:
-            loss, rows, grads = group(start, end, inputs, after)
-            total += loss
-            for u, g in enumerate(rows):
-                row_grads[u].append(g)
-            var_grads = [a + b for a, b in zip(var_grads, grads)]
-            after = [loss] + rows + grads
+        parts = []
+        for first, count, size in _equal_runs(bounds):
+            with tf.control_dependencies([total] + var_grads):  # the second run waits for the first
+                total, var_grads, rows = groups_of_one_size(first, count, size, inputs, total, var_grads)
+            parts.append(rows)
         # Back to the [2K, ...] layout of the inputs: sources of every group, then targets.
         input_grads = []
         for u, x in enumerate(inputs):
-            parts = [tf.split(g, 2, axis=0) for g in row_grads[u]]
-            input_grads.append(tf.cast(tf.concat([s for s, _ in parts] + [t for _, t in parts], axis=0), x.dtype))
+            sources = [rows[u][0] for rows in parts]
+            targets = [rows[u][1] for rows in parts]
+            input_grads.append(tf.cast(tf.concat(sources + targets, axis=0), x.dtype))
         by_ref = {_tf_variable(v).ref(): g for v, g in zip(variables, var_grads)}
 
         def grad(upstream, variables=None):
