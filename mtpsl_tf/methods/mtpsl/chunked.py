@@ -29,6 +29,7 @@ underflows small gradients or overflows large ones (a fixed 2^12 overflowed in a
 
 from __future__ import annotations
 
+import itertools
 from typing import List, Tuple
 
 import tensorflow as tf
@@ -74,12 +75,10 @@ def _equal_runs(bounds):
     """`chunk_bounds`' groups as runs of equal size: (first slot, number of groups, size) each
     (at most two runs: the longer groups come first)."""
     runs = []
-    for start, end in bounds:
-        if runs and runs[-1][2] == end - start:
-            runs[-1][1] += 1
-        else:
-            runs.append([start, 1, end - start])
-    return [tuple(r) for r in runs]
+    for size, same in itertools.groupby(bounds, key=lambda b: b[1] - b[0]):
+        same = list(same)
+        runs.append((same[0][0], len(same), size))
+    return runs
 
 
 def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: float, chunks: int,
@@ -124,7 +123,8 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
         many groups: a Python loop would put a copy per group in the step's graph). Returns
         (total, var_grads) accumulated, and per input its row gradients `[2, count * size, ...]`
         (sources, targets)."""
-        arrays = [tf.TensorArray(x.dtype, size=count, element_shape=[2 * size] + x.shape[1:].as_list()) for x in inputs]
+        arrays = [tf.TensorArray(x.dtype, size=count, element_shape=[2 * size] + x.shape[1:].as_list())
+                  for x in inputs]
 
         def body(j, total, var_grads, arrays):
             loss, rows, grads = group(first + j * size, size, inputs)
@@ -148,8 +148,8 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
         var_grads = [tf.zeros(v.shape, v.dtype) for v in variables]
         parts = []
         for first, count, size in _equal_runs(bounds):
-            with tf.control_dependencies([total] + var_grads):  # the second run waits for the first
-                total, var_grads, rows = groups_of_one_size(first, count, size, inputs, total, var_grads)
+            # A second run waits for the first: its loop takes the first one's sums as inputs.
+            total, var_grads, rows = groups_of_one_size(first, count, size, inputs, total, var_grads)
             parts.append(rows)
         # Back to the [2K, ...] layout of the inputs: sources of every group, then targets.
         input_grads = []
