@@ -24,6 +24,15 @@ from mtpsl_tf.flags import config_from_flags, define_flags  # noqa: E402
 define_flags()
 
 
+def _apply_host_memory_flags():
+    """--lean_host_memory / --bfc_host_allocator, before TensorFlow's first tensor (mtpsl_tf/host_memory.py)."""
+    from mtpsl_tf.host_memory import use_bfc_host_allocator, use_lean_host_memory
+
+    for flag, apply in (("lean_host_memory", use_lean_host_memory), ("bfc_host_allocator", use_bfc_host_allocator)):
+        if getattr(flags.FLAGS, flag):
+            logging.getLogger("mtpsl_tf").info("--%s: %s", flag, " ".join(apply()))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -33,10 +42,7 @@ def main(argv):
     # does nothing): our own INFO lines (devices, resume point, epochs) need their own level.
     logging.getLogger("mtpsl_tf").setLevel(logging.INFO)
     try:
-        if flags.FLAGS.lean_host_memory:  # before TensorFlow's first tensor (mtpsl_tf/host_memory.py)
-            from mtpsl_tf.host_memory import use_lean_host_memory
-
-            logging.getLogger("mtpsl_tf").info("lean host memory: %s", " ".join(use_lean_host_memory()))
+        _apply_host_memory_flags()
         config = config_from_flags(flags.FLAGS)
         from mtpsl_tf.training.run import run
 

@@ -38,8 +38,10 @@ flags.DEFINE_integer("width", 384, "Image width (multiple of 32).")
 flags.DEFINE_integer("batch_size", 2, "Images per step (two views each for two-view methods).")
 flags.DEFINE_boolean("xla", True, "jit_compile the step.")
 flags.DEFINE_string("filters", "", "Comma-separated 5 widths (empty: standard SegNet).")
-flags.DEFINE_boolean("lean_host_memory", False, "TensorFlow's BFC CPU allocator and glibc malloc settings "
+flags.DEFINE_boolean("lean_host_memory", False, "glibc malloc settings that return freed memory "
                      "(train.py --lean_host_memory; mtpsl_tf/host_memory.py).")
+flags.DEFINE_boolean("bfc_host_allocator", False, "TensorFlow's BFC CPU allocator "
+                     "(train.py --bfc_host_allocator; mtpsl_tf/host_memory.py).")
 flags.DEFINE_string("precision", "float32", "float32, mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
@@ -54,25 +56,67 @@ CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 
 
 def conv_flops(graph) -> float:
-    """2*MACs of every forward/backward Conv2D op in `graph` (and its nested functions).
+    """2*MACs of every forward/backward Conv2D op one run of `graph` executes.
 
     Each of the three ops of a convolution costs its forward pass's MACs: output positions x
     output channels x kernel taps x input channels per group (a grouped convolution's kernel
-    is [kh, kw, Cin / groups, Cout])."""
-    total = 0.0
-    graphs = [graph] + [f.graph for f in getattr(graph, "_functions", {}).values() if hasattr(f, "graph")]
-    for g in graphs:
-        for op in g.get_operations():
-            if op.type not in CONV_OPS:
-                continue
-            if op.type == "Conv2D":
-                kernel, out = op.inputs[1].shape, op.outputs[0].shape
-            elif op.type == "Conv2DBackpropInput":  # (input_sizes, filter, dL/d(output))
-                kernel, out = op.inputs[1].shape, op.inputs[2].shape
-            else:  # Conv2DBackpropFilter: (input, filter_sizes, dL/d(output)) -> the filter's shape
-                kernel, out = op.outputs[0].shape, op.inputs[2].shape
-            total += 2.0 * out[0] * out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
-    return total
+    is [kh, kw, Cin / groups, Cout]). A function the graph calls counts once per call, a while
+    loop's body once per iteration: its `maximum_iterations` (the loop op's second input) must
+    be a constant wherever the body holds a convolution, else the count raises ValueError."""
+    library = _function_graphs(graph)
+    memo = {}
+
+    def run_flops(g):
+        if g not in memo:
+            memo[g] = sum(_op_flops(op, library, run_flops) for op in g.get_operations())
+        return memo[g]
+
+    return run_flops(graph)
+
+
+def _function_graphs(graph) -> dict:
+    """Name -> graph of every function `graph` and the functions it holds define."""
+    library, pending = {}, [graph]
+    while pending:
+        for name, function in getattr(pending.pop(), "_functions", {}).items():
+            if name not in library and hasattr(function, "graph"):
+                library[name] = function.graph
+                pending.append(function.graph)
+    return library
+
+
+CALL_ATTRS = {"PartitionedCall": "f", "StatefulPartitionedCall": "f"}
+LOOP_OPS = ("While", "StatelessWhile")
+
+
+def _op_flops(op, library, run_flops) -> float:
+    """Conv FLOPs of one op: a convolution's own, a call's callee, a loop's body x its trips."""
+    if op.type in CONV_OPS:
+        return _conv_op_flops(op)
+    if op.type in CALL_ATTRS:
+        return run_flops(library[op.get_attr(CALL_ATTRS[op.type]).name])
+    if op.type in LOOP_OPS:
+        body = run_flops(library[op.get_attr("body").name])
+        if body == 0:
+            return 0.0
+        import tensorflow as tf
+
+        trips = tf.get_static_value(op.inputs[1])
+        if trips is None or trips < 0:
+            raise ValueError(f"while loop {op.name} runs convolutions but its trip count is not a constant: "
+                             "build it with maximum_iterations=<int> so that its FLOPs can be counted")
+        return float(trips) * body
+    return 0.0
+
+
+def _conv_op_flops(op) -> float:
+    if op.type == "Conv2D":
+        kernel, out = op.inputs[1].shape, op.outputs[0].shape
+    elif op.type == "Conv2DBackpropInput":  # (input_sizes, filter, dL/d(output))
+        kernel, out = op.inputs[1].shape, op.inputs[2].shape
+    else:  # Conv2DBackpropFilter: (input, filter_sizes, dL/d(output)) -> the filter's shape
+        kernel, out = op.outputs[0].shape, op.inputs[2].shape
+    return 2.0 * out[0] * out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -152,10 +196,12 @@ def _alloc_mb(tf, key):
 
 def main(argv):
     del argv
-    if FLAGS.lean_host_memory:  # before TensorFlow is imported
-        from mtpsl_tf.host_memory import use_lean_host_memory
+    from mtpsl_tf.host_memory import use_bfc_host_allocator, use_lean_host_memory
 
+    if FLAGS.lean_host_memory:
         use_lean_host_memory()
+    if FLAGS.bfc_host_allocator:  # before TensorFlow is imported
+        use_bfc_host_allocator()
     import keras
     import tensorflow as tf
 
@@ -202,6 +248,7 @@ def main(argv):
         "method": FLAGS.method, "weighting": FLAGS.weighting, "dataset": FLAGS.dataset, "backbone": FLAGS.backbone,
         "height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size, "xla": FLAGS.xla,
         "remat_backbone": FLAGS.remat_backbone, "lean_host_memory": FLAGS.lean_host_memory,
+        "bfc_host_allocator": FLAGS.bfc_host_allocator,
         "precision": FLAGS.precision, "filters": FLAGS.filters or "standard",
         "options": config.options,
         "step_s": round(step_s, 4), "images_per_s": round(FLAGS.batch_size / step_s, 3),

@@ -94,9 +94,11 @@ class TrainConfig:
     precision: str = _field("float32", "float32, mixed_float16 or mixed_bfloat16.")
     xla: bool = _field(False, "Compile train/test steps with XLA (jit_compile).")
     lean_host_memory: bool = _field(
-        False, "CPU: TensorFlow's BFC allocator and glibc malloc settings that return freed memory, so the "
-        "resident set stays near the live bytes (same values; docs/MEMORY.md). Applied by train.py before "
-        "TensorFlow's first tensor.")
+        False, "CPU: glibc malloc settings that return freed memory, so the resident set stays near the live "
+        "bytes (same values; docs/MEMORY.md). Applied by train.py.")
+    bfc_host_allocator: bool = _field(
+        False, "CPU: TensorFlow's BFC allocator for its CPU tensors (same values; slower at the same peak here, "
+        "docs/MEMORY.md). Applied by train.py before TensorFlow's first tensor.")
     strategy: str = _field("default", "default, mirrored (all local devices) or multi_worker (TF_CONFIG).")
     seed: int = _field(0, "Seed of weights init, shuffling and augmentation.")
     eval_every: int = _field(1, "Evaluate every this many epochs (and always after the last).")

@@ -1,14 +1,15 @@
-"""Lean host memory for training on a CPU (`--lean_host_memory`, docs/MEMORY.md).
+"""Host-memory settings for training on a CPU (docs/MEMORY.md): two independent flags.
 
-Two allocator settings that keep the resident set close to the live bytes: TensorFlow's BFC
-allocator for its CPU tensors (`TF_CPU_ALLOCATOR_USE_BFC=true`: one growing pool whose freed
-chunks are reused, instead of malloc per tensor), and glibc malloc settings that hand freed
-memory back to the system (mmap for blocks from 128 KiB, trim above 128 KiB, at most 2 arenas:
-the same as the environment variables `MALLOC_MMAP_THRESHOLD_=131072
-MALLOC_TRIM_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`, applied through `mallopt`). Neither changes
-any computed value. TensorFlow reads its setting once, when it creates its CPU allocator (the
-first tensor), so `train.py` applies it right after parsing flags, and `training.run` checks
-that it took effect (`check_applied`).
+`--lean_host_memory`: glibc malloc settings that hand freed memory back to the system (mmap
+for blocks from 128 KiB, trim above 128 KiB, at most 2 arenas: the same as the environment
+variables `MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`,
+applied through `mallopt`), so the resident set stays near the live bytes.
+`--bfc_host_allocator`: TensorFlow's BFC allocator for its CPU tensors
+(`TF_CPU_ALLOCATOR_USE_BFC=true`: one growing pool whose freed chunks are reused, instead of
+malloc per tensor); measured slower at the same peak (docs/MEMORY.md), so not part of the first.
+Neither changes any computed value. TensorFlow reads its setting once, when it creates its CPU
+allocator (the first tensor), so `train.py` applies both right after parsing flags, and
+`training.run` checks that the allocator setting took effect (`check_applied`).
 """
 
 from __future__ import annotations
@@ -25,26 +26,29 @@ log = logging.getLogger("mtpsl_tf")
 TF_BFC = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # glibc's mallopt parameters (malloc.h: name, number) and their values; why: module docstring.
 GLIBC_SETTINGS = (("M_MMAP_THRESHOLD", -3, 128 * 1024), ("M_TRIM_THRESHOLD", -1, 128 * 1024), ("M_ARENA_MAX", -8, 2))
-# The same as environment variables, for a process started by hand (glibc's names are irregular).
-ENV_EQUIVALENT = ("TF_CPU_ALLOCATOR_USE_BFC=true MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 "
-                  "MALLOC_ARENA_MAX=2")
 
 
 def use_lean_host_memory() -> List[str]:
-    """Applies the settings to this process; returns them as `NAME=value` strings. Off glibc
-    (macOS, musl) only TensorFlow's setting applies, with a warning."""
-    os.environ[TF_BFC[0]] = TF_BFC[1]
-    applied = ["=".join(TF_BFC)]
+    """Applies the glibc malloc settings to this process; returns them as `NAME=value` strings.
+    Off glibc (macOS, musl) nothing applies: a warning, and an empty list."""
     mallopt = _glibc_mallopt()
     if mallopt is None:
         log.warning("--lean_host_memory: not glibc (%s), malloc settings left as they are", platform.libc_ver()[0] or
                     platform.system())
-        return applied
+        return []
+    applied = []
     for name, param, value in GLIBC_SETTINGS:
         if mallopt(param, value) != 1:
             raise OSError(f"--lean_host_memory: glibc mallopt({name}, {value}) failed")
         applied.append(f"{name}={value}")
     return applied
+
+
+def use_bfc_host_allocator() -> List[str]:
+    """Selects TensorFlow's BFC CPU allocator (effective only before TensorFlow's first tensor);
+    returns the setting as a `NAME=value` string in a list."""
+    os.environ[TF_BFC[0]] = TF_BFC[1]
+    return ["=".join(TF_BFC)]
 
 
 def _glibc_mallopt():
@@ -58,12 +62,12 @@ def _glibc_mallopt():
 
 
 def check_applied(enabled: bool) -> None:
-    """Raises ValueError when `--lean_host_memory` is set but TensorFlow's CPU allocator is not
+    """Raises ValueError when `--bfc_host_allocator` is set but TensorFlow's CPU allocator is not
     the BFC allocator (it was created before the setting, e.g. `training.run` called from a
     notebook that had already run TensorFlow ops)."""
     if enabled and not bfc_allocator_active():
-        raise ValueError("--lean_host_memory is set but TensorFlow's CPU allocator was created without it: run "
-                         f"train.py, or start Python with the environment variables {ENV_EQUIVALENT}")
+        raise ValueError("--bfc_host_allocator is set but TensorFlow's CPU allocator was created without it: run "
+                         f"train.py, or start Python with the environment variable {'='.join(TF_BFC)}")
 
 
 def bfc_allocator_active() -> bool:

@@ -54,6 +54,39 @@ def test_train_step_counts_grouped_conv_flops():
     assert flops == {str(g): 3 * 2.0 * (2 * 8 * 8) * 12 * 9 * (8 // g) for g in (1, 4)}
 
 
+_LOOP_FLOPS_CHECK = """
+import importlib.util, json, sys
+import tensorflow as tf
+spec = importlib.util.spec_from_file_location("train_step", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+kernel = tf.Variable(tf.ones([3, 3, 4, 4]))
+conv = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, "SAME"))  # a nested function, called twice
+def step(x, bounded):
+    body = lambda j, y: (j + 1, conv(y))
+    _, y = tf.while_loop(lambda j, y: j < 3, body, (tf.constant(0), x), maximum_iterations=3 if bounded else None)
+    return conv(y)
+spec = tf.TensorSpec([1, 8, 8, 4])
+out = {"bounded": module.conv_flops(tf.function(step).get_concrete_function(spec, True).graph)}
+try:
+    module.conv_flops(tf.function(step).get_concrete_function(spec, False).graph)
+except ValueError as error:
+    out["unbounded"] = str(error)
+print(json.dumps(out))
+"""
+
+
+def test_train_step_counts_loop_bodies_per_iteration_and_calls_per_call():
+    """3 iterations of a loop calling a conv function, plus one more call: 4 forward convs of
+    2 x 64 positions x 4 channels x 9 taps x 4 inputs; a loop without a constant bound is refused."""
+    result = subprocess.run([sys.executable, "-c", _LOOP_FLOPS_CHECK, os.path.join(ROOT, "benchmarks", "train_step.py")],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["bounded"] == 4 * 2.0 * 64 * 4 * 9 * 4
+    assert "trip count is not a constant" in out["unbounded"]
+
+
 @pytest.mark.slow  # CI time; `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_train_step_benchmark():
     # One case (the PASCAL backbone, no XLA): each costs over a minute of tracing; the

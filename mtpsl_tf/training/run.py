@@ -170,7 +170,7 @@ def run(config: ExperimentConfig) -> Dict[str, object]:
     """Trains and evaluates as configured; returns the final metrics dict (also written to
     `<model_dir>/metrics.json`)."""
     config.validate()
-    check_applied(config.train.lean_host_memory)
+    check_applied(config.train.bfc_host_allocator)
     config.options = complete_options(config)
     model_dir = config.train.model_dir
     fresh = not os.path.exists(model_dir)

@@ -132,9 +132,11 @@ def consistency_sum_chunked(mapping_net, slots: SlotInputs, feat, reg_weight: fl
             return j + 1, total + loss, [a + b for a, b in zip(var_grads, grads)], arrays
 
         # parallel_iterations=1: a group starts only after the previous one ended, so one
-        # group's activations are alive at a time.
+        # group's activations are alive at a time. maximum_iterations (= count, a no-op bound)
+        # states the trip count in the graph, where benchmarks/train_step.py counts FLOPs.
         _, total, var_grads, arrays = tf.while_loop(
-            lambda j, *_: j < count, body, (tf.constant(0), total, var_grads, arrays), parallel_iterations=1)
+            lambda j, *_: j < count, body, (tf.constant(0), total, var_grads, arrays), parallel_iterations=1,
+            maximum_iterations=count)
         row_grads = []
         for a, x in zip(arrays, inputs):
             stacked = tf.reshape(a.stack(), [count, 2, size] + x.shape[1:].as_list())  # [group, source/target, slot, ...]
