@@ -60,8 +60,8 @@ def conv_flops(graph) -> float:
 
     Each of the three ops of a convolution costs its forward pass's MACs: output positions x
     output channels x kernel taps x input channels per group (a grouped convolution's kernel
-    is [kh, kw, Cin / groups, Cout]). A function the graph calls counts once per call, a while
-    loop's body once per iteration: its `maximum_iterations` (the loop op's second input) must
+    is [kh, kw, Cin / groups, Cout]). A function the graph calls counts once per call, a
+    conditional as its costliest branch, a while loop's body once per iteration: its `maximum_iterations` (the loop op's second input) must
     be a constant wherever the body holds a convolution, else the count raises ValueError."""
     library = _function_graphs(graph)
     memo = {}
@@ -87,6 +87,8 @@ def _function_graphs(graph) -> dict:
 
 CALL_ATTRS = {"PartitionedCall": "f", "StatefulPartitionedCall": "f"}
 LOOP_OPS = ("While", "StatelessWhile")
+BRANCH_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
+                "Case": ("branches",), "StatelessCase": ("branches",)}
 
 
 def _op_flops(op, library, run_flops) -> float:
@@ -95,6 +97,9 @@ def _op_flops(op, library, run_flops) -> float:
         return _conv_op_flops(op)
     if op.type in CALL_ATTRS:
         return run_flops(library[op.get_attr(CALL_ATTRS[op.type]).name])
+    if op.type in BRANCH_ATTRS:  # the costliest branch: an upper bound
+        names = [f.name for attr in BRANCH_ATTRS[op.type] for f in _as_list(op.get_attr(attr))]
+        return max(run_flops(library[name]) for name in names)
     if op.type in LOOP_OPS:
         body = run_flops(library[op.get_attr("body").name])
         if body == 0:
@@ -107,6 +112,10 @@ def _op_flops(op, library, run_flops) -> float:
                              "build it with maximum_iterations=<int> so that its FLOPs can be counted")
         return float(trips) * body
     return 0.0
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _conv_op_flops(op) -> float:

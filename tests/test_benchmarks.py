@@ -65,6 +65,7 @@ conv = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, "SAME"))  # a nested fun
 def step(x, bounded):
     body = lambda j, y: (j + 1, conv(y))
     _, y = tf.while_loop(lambda j, y: j < 3, body, (tf.constant(0), x), maximum_iterations=3 if bounded else None)
+    y = tf.cond(tf.reduce_sum(y) > 0, lambda: conv(conv(y)), lambda: y)  # counts as its costlier branch
     return conv(y)
 spec = tf.TensorSpec([1, 8, 8, 4])
 out = {"bounded": module.conv_flops(tf.function(step).get_concrete_function(spec, True).graph)}
@@ -77,13 +78,14 @@ print(json.dumps(out))
 
 
 def test_train_step_counts_loop_bodies_per_iteration_and_calls_per_call():
-    """3 iterations of a loop calling a conv function, plus one more call: 4 forward convs of
-    2 x 64 positions x 4 channels x 9 taps x 4 inputs; a loop without a constant bound is refused."""
+    """3 iterations of a loop calling a conv function, a conditional whose costlier branch calls
+    it twice, plus one more call: 6 forward convs of 2 x 64 positions x 4 channels x 9 taps x 4
+    inputs; a loop without a constant bound is refused."""
     result = subprocess.run([sys.executable, "-c", _LOOP_FLOPS_CHECK, os.path.join(ROOT, "benchmarks", "train_step.py")],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["bounded"] == 4 * 2.0 * 64 * 4 * 9 * 4
+    assert out["bounded"] == 6 * 2.0 * 64 * 4 * 9 * 4
     assert "trip count is not a constant" in out["unbounded"]
 
 
