@@ -26,11 +26,10 @@ define_flags()
 
 def _apply_host_memory_flags():
     """--lean_host_memory / --bfc_host_allocator, before TensorFlow's first tensor (mtpsl_tf/host_memory.py)."""
-    from mtpsl_tf.host_memory import use_bfc_host_allocator, use_lean_host_memory
+    from mtpsl_tf.host_memory import apply_flags
 
-    for flag, apply in (("lean_host_memory", use_lean_host_memory), ("bfc_host_allocator", use_bfc_host_allocator)):
-        if getattr(flags.FLAGS, flag):
-            logging.getLogger("mtpsl_tf").info("--%s: %s", flag, " ".join(apply()))
+    for flag, applied in apply_flags(flags.FLAGS).items():
+        logging.getLogger("mtpsl_tf").info("--%s: %s", flag, " ".join(applied))
 
 
 def main(argv):

@@ -61,8 +61,9 @@ def conv_flops(graph) -> float:
     Each of the three ops of a convolution costs its forward pass's MACs: output positions x
     output channels x kernel taps x input channels per group (a grouped convolution's kernel
     is [kh, kw, Cin / groups, Cout]). A function the graph calls counts once per call, a
-    conditional as its costliest branch, a while loop's body once per iteration: its `maximum_iterations` (the loop op's second input) must
-    be a constant wherever the body holds a convolution, else the count raises ValueError."""
+    conditional as its costliest branch, a while loop's body once per iteration: its
+    `maximum_iterations` (the loop op's second input) must be a constant wherever the body
+    holds a convolution, else the count raises ValueError."""
     library = _function_graphs(graph)
     memo = {}
 
@@ -205,12 +206,9 @@ def _alloc_mb(tf, key):
 
 def main(argv):
     del argv
-    from mtpsl_tf.host_memory import use_bfc_host_allocator, use_lean_host_memory
+    from mtpsl_tf.host_memory import apply_flags
 
-    if FLAGS.lean_host_memory:
-        use_lean_host_memory()
-    if FLAGS.bfc_host_allocator:  # before TensorFlow is imported
-        use_bfc_host_allocator()
+    apply_flags(FLAGS)  # before TensorFlow is imported
     import keras
     import tensorflow as tf
 

@@ -19,7 +19,7 @@ import ctypes.util
 import logging
 import os
 import platform
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 log = logging.getLogger("mtpsl_tf")
 
@@ -49,6 +49,13 @@ def use_bfc_host_allocator() -> List[str]:
     returns the setting as a `NAME=value` string in a list."""
     os.environ[TF_BFC[0]] = TF_BFC[1]
     return ["=".join(TF_BFC)]
+
+
+def apply_flags(values) -> Dict[str, List[str]]:
+    """Applies `--lean_host_memory` / `--bfc_host_allocator` where `values` (absl FLAGS or any
+    object with those attributes) sets them; returns flag name -> the settings applied."""
+    settings = {"lean_host_memory": use_lean_host_memory, "bfc_host_allocator": use_bfc_host_allocator}
+    return {flag: apply() for flag, apply in settings.items() if getattr(values, flag)}
 
 
 def _glibc_mallopt():

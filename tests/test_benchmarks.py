@@ -24,12 +24,16 @@ def test_conv_layers_benchmark():
     assert all(row["gflops_per_s"] > 0 for row in report["rows"])
 
 
-_FLOPS_CHECK = """
+# Loads benchmarks/train_step.py (argv[1]) as `module` in a fresh interpreter.
+_LOAD_TRAIN_STEP = """
 import importlib.util, json, sys
 import tensorflow as tf
 spec = importlib.util.spec_from_file_location("train_step", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
+"""
+
+_FLOPS_CHECK = _LOAD_TRAIN_STEP + """
 out = {}
 for groups in (1, 4):
     kernel = tf.Variable(tf.ones([3, 3, 8 // groups, 12]))
@@ -44,22 +48,22 @@ print(json.dumps(out))
 """
 
 
+def _check(script):
+    """Runs `script` with train_step.py's path as argv[1]; its last stdout line as JSON."""
+    result = subprocess.run([sys.executable, "-c", script, os.path.join(ROOT, "benchmarks", "train_step.py")],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_train_step_counts_grouped_conv_flops():
     """Forward, input-gradient and filter-gradient convolutions each cost the forward MACs:
     2 x (2 x 8 x 8 output positions) x 12 channels x 9 taps x (8 / groups) inputs, x 3 ops."""
-    result = subprocess.run([sys.executable, "-c", _FLOPS_CHECK, os.path.join(ROOT, "benchmarks", "train_step.py")],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    flops = json.loads(result.stdout.strip().splitlines()[-1])
+    flops = _check(_FLOPS_CHECK)
     assert flops == {str(g): 3 * 2.0 * (2 * 8 * 8) * 12 * 9 * (8 // g) for g in (1, 4)}
 
 
-_LOOP_FLOPS_CHECK = """
-import importlib.util, json, sys
-import tensorflow as tf
-spec = importlib.util.spec_from_file_location("train_step", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+_LOOP_FLOPS_CHECK = _LOAD_TRAIN_STEP + """
 kernel = tf.Variable(tf.ones([3, 3, 4, 4]))
 conv = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, "SAME"))  # a nested function, called twice
 def step(x, bounded):
@@ -81,10 +85,7 @@ def test_train_step_counts_loop_bodies_per_iteration_and_calls_per_call():
     """3 iterations of a loop calling a conv function, a conditional whose costlier branch calls
     it twice, plus one more call: 6 forward convs of 2 x 64 positions x 4 channels x 9 taps x 4
     inputs; a loop without a constant bound is refused."""
-    result = subprocess.run([sys.executable, "-c", _LOOP_FLOPS_CHECK, os.path.join(ROOT, "benchmarks", "train_step.py")],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _check(_LOOP_FLOPS_CHECK)
     assert out["bounded"] == 6 * 2.0 * 64 * 4 * 9 * 4
     assert "trip count is not a constant" in out["unbounded"]
 

@@ -15,8 +15,9 @@ from tests_helpers import TINY, tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Imports TensorFlow first (as train.py, whose flag definitions do), then applies the settings
-# named in argv[1] ("lean", "bfc", both joined by "+", or "default"), then reports them, what a 12-byte tensor costs TensorFlow's CPU allocator (the BFC
-# allocator rounds every allocation up to its 256-byte minimum chunk) and check_applied's verdict.
+# named in argv[1] ("lean", "bfc", both joined by "+", or "default"), then reports them, what a
+# 12-byte tensor costs TensorFlow's CPU allocator (the BFC allocator rounds every allocation up
+# to its 256-byte minimum chunk) and check_applied's verdict.
 _PROBE = """
 import json, sys
 import tensorflow as tf
@@ -79,9 +80,9 @@ def test_run_refuses_bfc_host_allocator_it_cannot_apply(tmp_path, monkeypatch):
 
 def test_train_py_applies_both_host_memory_flags(tmp_path):
     model_dir = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--epochs=1", "--lean_host_memory", "--bfc_host_allocator",
-                             f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}"], cwd=tmp_path,
-                            env=_env_without_bfc(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--epochs=1", "--lean_host_memory",
+                             "--bfc_host_allocator", f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}"],
+                            cwd=tmp_path, env=_env_without_bfc(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--lean_host_memory: M_MMAP_THRESHOLD=131072 M_TRIM_THRESHOLD=131072 M_ARENA_MAX=2" in result.stderr
     assert "--bfc_host_allocator: TF_CPU_ALLOCATOR_USE_BFC=true" in result.stderr
