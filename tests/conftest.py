@@ -47,3 +47,15 @@ def splits_dir() -> pathlib.Path:
     if not path.is_dir():
         raise FileNotFoundError(f"split files not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _graph_optimizer_off():
+    """Grappler off in the test processes (MTPSL_TEST_GRAPPLER=1 keeps it on): a tiny run's
+    first calls spend ~5 s optimising graphs that then run for milliseconds. Subprocesses
+    (train.py, workers) and every benchmark keep TensorFlow's default."""
+    if os.environ.get("MTPSL_TEST_GRAPPLER") != "1":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    yield

@@ -3,7 +3,6 @@ reproduces the fixture's inference outputs."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mtpsl_export import runners, writers
 from mtpsl_tf.import_torch import import_to_model_dir

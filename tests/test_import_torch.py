@@ -376,20 +376,29 @@ def test_import_into_existing_empty_folder(tmp_path, fixture_path):
     assert sorted(os.listdir(tmp_path)) == ["empty"]
 
 
-def test_train_resumes_from_an_imported_dir(tmp_path, fixture_path, imported):
-    """`train.py --model_dir=<imported>` continues at the checkpoint's epoch from its weights."""
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, fixture_path):
+    """The authors' fixture imported, then trained one epoch on the tiny synthetic set through
+    run(): (model dir, its metrics.json). Also the model directory of the evaluate tests."""
     from mtpsl_tf.flags import config_from_flagfile
     from mtpsl_tf.training.run import run
 
-    out = tmp_path / "imported"
+    root = tmp_path_factory.mktemp("imported")
+    out = root / "imported"
     # The synthetic dataset has NYU-v2's three tasks and 13 classes, so the fixture fits it.
     import_torch.import_to_model_dir(str(fixture_path), "synthetic", str(out))
-    flagfile = tmp_path / "tiny.flags"
+    flagfile = root / "tiny.flags"
     flagfile.write_text("\n".join(TINY) + "\n")
     config = config_from_flagfile(str(flagfile), [
-        f"--model_dir={out}", f"--data_dir={tmp_path / 'tfds'}", "--filters=8,16,32,64,64",
+        f"--model_dir={out}", f"--data_dir={root / 'tfds'}", "--filters=8,16,32,64,64",
         "--epochs=8", "--learning_rate=1e-12", "--method=mtpsl", "--film_learning_rate=1e-12"])
     run(config)
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_train_resumes_from_an_imported_dir(trained_dir, imported):
+    """`train.py --model_dir=<imported>` continues at the checkpoint's epoch from its weights."""
+    out, _ = trained_dir
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [8]
     reader = tf.train.load_checkpoint(str(out / "checkpoints" / "ckpt-8"))
     for group, layer in (("network", imported.model), ("method_0", imported.mapping)):
@@ -404,17 +413,6 @@ def test_train_resumes_from_an_imported_dir(tmp_path, fixture_path, imported):
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-
-@pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory):
-    """A 1-epoch tiny synthetic run: (model dir, its metrics.json)."""
-    from mtpsl_tf.training.run import run
-    from tests_helpers import tiny_config
-
-    root = tmp_path_factory.mktemp("tiny")
-    run(tiny_config(root, root / "run", flags=TINY))
-    return root / "run", json.loads((root / "run" / "metrics.json").read_text())
 
 
 def test_evaluate_network_matches_training_evaluation(trained_dir):
@@ -445,7 +443,7 @@ def test_evaluate_cli(trained_dir):
     assert result.returncode == 0, result.stderr
     assert "Delta-MTL" in result.stdout and "semantic" in result.stdout
     report = json.loads((model_dir / "eval_metrics.json").read_text())
-    assert report["epoch"] == 1 and report["checkpoint"].endswith("ckpt-1")
+    assert report["epoch"] == 8 and report["checkpoint"].endswith("ckpt-8")
     for key, value in metrics["last"]["metrics"].items():
         assert report["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     assert report["delta_mtl"] == pytest.approx(metrics["last"]["delta_mtl"], rel=1e-5, abs=1e-6)

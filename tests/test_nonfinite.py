@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mtpsl_tf.errors import NonFiniteLossError
-from mtpsl_tf.methods.base import METHODS, LossTerms
+from mtpsl_tf.methods.base import METHODS
 from mtpsl_tf.methods.supervised import SupervisedLearning
 from mtpsl_tf.options import option
 from tests_helpers import TINY, checkpoint_network_weights, tiny_config

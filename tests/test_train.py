@@ -37,6 +37,10 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
     assert metrics["compare_delta_mtl"] == {"sl": -11.1}
     assert report["path"].endswith("metrics.json")
     assert not list(straight.glob("*.tmp"))
+    # The fixed weighting logs no weights: no weight/ keys, no per-step TensorBoard scalars.
+    train = json.loads((straight / "history.json").read_text())[0]["train"]
+    assert not [k for k in train if k.startswith("weight/")]
+    assert not (straight / "logs" / "steps").exists()
 
     resumed = tmp_path / "resumed"
     run(tiny_config(tmp_path, resumed, epochs=1))
@@ -62,19 +66,32 @@ def _train(args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+def test_bad_input_exits_non_zero_with_the_message_and_leaves_nothing(tmp_path):
+    """train.py end to end: a user error is printed as `error: ...`, exit status 2."""
+    model_dir = tmp_path / "out"
+    result = _train([*TINY, f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}", "--method=nope"], tmp_path)
+    assert result.returncode == 2
+    assert "error: unknown method 'nope'" in result.stderr, result.stderr[-2000:]
+    assert not model_dir.exists()
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["--method=nope"], "unknown method 'nope'"),
     (["--dataset=nope"], "unknown dataset 'nope'"),
     (["--setting=ratio=1:0:0"], "depth"),
     (["--setting=sometimes"], "sometimes"),
     (["--batch_size=64"], "--batch_size=64"),
     (["--compare_delta_mtl=sl=-11.1"], "--compare_delta_mtl entries must look like name:value"),
 ])
-def test_bad_input_fails_cleanly(tmp_path, args, expected):
+def test_bad_input_is_a_user_error_naming_it(tmp_path, args, expected):
+    """The errors train.py prints (USER_ERRORS, the test above), raised by the config or by
+    run() before anything is written (in-process: a train.py process costs seconds of CI)."""
+    from mtpsl_tf.cli import USER_ERRORS, error_message
+    from mtpsl_tf.training.run import run
+
     model_dir = tmp_path / "out"
-    result = _train([*TINY, f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}", *args], tmp_path)
-    assert result.returncode != 0
-    assert expected in result.stderr, result.stderr[-2000:]
+    with pytest.raises(USER_ERRORS) as info:
+        run(tiny_config(tmp_path, model_dir, flags=TINY + args))
+    assert expected in error_message(info.value)
     assert not model_dir.exists()
 
 

@@ -63,20 +63,26 @@ def _network_weights(model_dir):
     return reader, {n: reader.get_tensor(n) for n in names}
 
 
-def test_toy_weighting_trains_through_the_train_py_path(tmp_path):
+def test_toy_weighting_trains_through_the_train_py_path_and_its_option_counts(tmp_path):
+    """A registered weighting trains through run(): its option reaches the config, its epoch
+    hook's state is checkpointed (restoring weighting state on resume: the dwa and uncertainty
+    resume tests), --toy_scale changes training and a bad value is named."""
     from mtpsl_tf.training.run import run
 
+    with pytest.raises(ValueError, match="--toy_scale"):
+        tiny_config(tmp_path, tmp_path / "bad", flags=TINY + ["--weighting=toy_gradient_sum", "--toy_scale=0"])
     toy_dir = tmp_path / "toy"
     report = run(tiny_config(tmp_path, toy_dir, flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1"]))
     config = json.loads((toy_dir / "config.json").read_text())
     assert config["method"]["weighting"] == "toy_gradient_sum" and config["options"]["toy_scale"] == 1.0
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
-    reader, _ = _network_weights(toy_dir)
+    reader, a = _network_weights(toy_dir)
     saved = [n for n in reader.get_variable_to_shape_map() if n.startswith("weighting/")]
     assert saved and reader.get_tensor(saved[0]) == 1  # end_epoch ran once and was checkpointed
-    run(tiny_config(tmp_path, toy_dir, flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=2"]))
-    reader, _ = _network_weights(toy_dir)
-    assert reader.get_tensor(saved[0]) == 2  # restored on resume, then one more epoch
+    run(tiny_config(tmp_path, tmp_path / "b", flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1",
+                                                           "--toy_scale=3"]))
+    _, b = _network_weights(tmp_path / "b")
+    assert any(not np.allclose(a[n], b[n]) for n in a)
 
 
 def _gradients(tmp_path, weighting, method="sl"):
@@ -107,19 +113,6 @@ def test_per_task_gradients_sum_to_the_gradient_of_the_sum(tmp_path, method):
     # float32 rounding (measured up to 1.3e-5 of the largest gradient), far below a missing term.
     for a, b in zip(toy, fixed):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
-
-
-def test_toy_weighting_scale_changes_training_and_bad_option_is_named(tmp_path):
-    from mtpsl_tf.training.run import run
-
-    with pytest.raises(ValueError, match="--toy_scale"):
-        tiny_config(tmp_path, tmp_path / "bad", flags=TINY + ["--weighting=toy_gradient_sum", "--toy_scale=0"])
-    run(tiny_config(tmp_path, tmp_path / "a", flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1"]))
-    run(tiny_config(tmp_path, tmp_path / "b", flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1",
-                                                           "--toy_scale=3"]))
-    _, a = _network_weights(tmp_path / "a")
-    _, b = _network_weights(tmp_path / "b")
-    assert any(not np.allclose(a[n], b[n]) for n in a)
 
 
 def test_unknown_weighting_is_named(tmp_path):

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 SCRIPT = textwrap.dedent(r'''

@@ -1,6 +1,7 @@
-"""The weightings through the train.py path (flags -> config -> run): one loss-based and
+"""The weightings through the train.py path (flags -> config -> run): loss-based and
 gradient-based weightings with `sl` and `mtpsl` in the one-label setting, the weights logged
-(TensorBoard per step, history.json per epoch), their state checkpointed and resumed exactly."""
+(TensorBoard per step, history.json per epoch), their state checkpointed and resumed exactly,
+under mixed_float16 too. (The fixed weighting's absent logs: tests/test_train.py.)"""
 
 import json
 
@@ -28,58 +29,76 @@ def _step_scalars(model_dir):
     return {tag: [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
 
 
-@pytest.mark.parametrize("method,weighting,stateful", [("sl", "uncertainty", True), ("sl", "mgda", False),
-                                                       pytest.param("mtpsl", "uncertainty", True, marks=pytest.mark.slow),
-                                                       ("mtpsl", "gradnorm", True)])
-def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stateful):
-    from mtpsl_tf.training.run import run
+def _logged_weights(model_dir, epoch=-1):
+    """The per-task weights in history.json's `epoch` entry: array [3]."""
+    train = json.loads((model_dir / "history.json").read_text())[epoch]["train"]
+    return np.array([train[f"weight/{t}"] for t in TASKS])
 
-    model_dir = tmp_path / "run"
-    report = run(tiny_config(tmp_path, model_dir, flags=TINY + [
-        f"--method={method}", f"--weighting={weighting}", "--setting=onelabel", "--epochs=1"]))
-    assert np.isfinite(list(report["last"]["metrics"].values())).all()
-    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
-    weights = np.array([train[f"weight/{t}"] for t in TASKS])
+
+def _assert_logged(model_dir, steps_per_epoch, epochs, stateful):
+    """Weights finite, some positive, in history.json per epoch and TensorBoard per step; the
+    weighting's variables (log-variances, GradNorm's weights and first losses, DWA's epoch
+    means) checkpointed, MGDA's (recomputed every step) not."""
+    history = json.loads((model_dir / "history.json").read_text())
+    assert len(history) == epochs
+    weights = _logged_weights(model_dir)
     assert np.isfinite(weights).all() and (weights > 0).any()
     steps = _step_scalars(model_dir)
     assert {f"weight/{t}" for t in TASKS} <= set(steps)
-    assert len(steps["weight/depth"]) == 2  # 8 images, batch 4: a value per step
-    # The weighting's variables (log-variances, GradNorm's weights and first losses) are
-    # checkpointed; MGDA's weights are recomputed every step and have no state.
+    assert len(steps["weight/depth"]) == steps_per_epoch * epochs  # a value per step
     assert bool(_checkpoint(model_dir, "weighting/")) == stateful
 
 
-def test_fixed_logs_no_weights(tmp_path):
-    from mtpsl_tf.training.run import run
-
-    model_dir = tmp_path / "run"
-    run(tiny_config(tmp_path, model_dir, flags=TINY + ["--epochs=1"]))
-    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
-    assert not [k for k in train if k.startswith("weight/")]
-    assert not (model_dir / "logs" / "steps").exists()
-
-
-@pytest.mark.parametrize("weighting,epochs", [("uncertainty", 2), ("dwa", 3)])
-def test_weighting_state_resumes_exactly(tmp_path, weighting, epochs):
-    """`epochs` straight == `epochs - 1` then 1 more: the network, the weighting's variables
-    and the logged weights (dwa's third-epoch weights need the restored epoch means)."""
-    from mtpsl_tf.training.run import run
-
-    flags = TINY + [f"--weighting={weighting}", "--setting=onelabel"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(tiny_config(tmp_path, straight, flags=flags + [f"--epochs={epochs}"]))
-    run(tiny_config(tmp_path, resumed, flags=flags + [f"--epochs={epochs - 1}"]))
-    run(tiny_config(tmp_path, resumed, flags=flags + [f"--epochs={epochs}"]))
+def _assert_same_state(straight, resumed):
     for prefix in ("network/", "weighting/"):
         a, b = _checkpoint(straight, prefix), _checkpoint(resumed, prefix)
         assert a.keys() == b.keys() and a
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
-    last = [json.loads((d / "history.json").read_text())[-1]["train"] for d in (straight, resumed)]
-    got = [np.array([h[f"weight/{t}"] for t in TASKS]) for h in last]
-    np.testing.assert_allclose(got[0], got[1], rtol=1e-5)
+    np.testing.assert_allclose(_logged_weights(straight), _logged_weights(resumed), rtol=1e-5)
+
+
+@pytest.mark.parametrize("weighting,epochs,precision", [("uncertainty", 2, "mixed_float16"), ("dwa", 3, "float32")])
+def test_weighting_trains_logs_and_resumes_exactly(tmp_path, weighting, epochs, precision):
+    """`epochs` straight == `epochs - 1` then 1 more, one-label: the network, the weighting's
+    variables (with their optimiser state and, under mixed_float16, the loss scale) and the
+    logged weights (dwa's third-epoch weights need the restored epoch means)."""
+    from mtpsl_tf.training.run import run
+
+    flags = TINY + [f"--weighting={weighting}", "--setting=onelabel", f"--precision={precision}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    report = run(tiny_config(tmp_path, straight, flags=flags + [f"--epochs={epochs}"]))
+    assert np.isfinite(list(report["last"]["metrics"].values())).all()
+    _assert_logged(straight, steps_per_epoch=2, epochs=epochs, stateful=True)  # 8 images, batch 4
+    run(tiny_config(tmp_path, resumed, flags=flags + [f"--epochs={epochs - 1}"]))
+    run(tiny_config(tmp_path, resumed, flags=flags + [f"--epochs={epochs}"]))
+    _assert_same_state(straight, resumed)
+    weights = _logged_weights(straight)
     if weighting == "dwa":
-        assert not np.allclose(got[0], 1.0)  # the third epoch used loss-ratio weights
+        assert not np.allclose(weights, 1.0)  # the third epoch used loss-ratio weights
+    else:  # loss scaling: finite, positive, bounded weights in float16 compute
+        assert (weights > 0).all() and (weights < 10).all()
+
+
+@pytest.mark.parametrize("method,weighting,stateful,precision", [
+    ("sl", "mgda", False, "float32"),
+    pytest.param("mtpsl", "uncertainty", True, "float32", marks=pytest.mark.slow),
+    ("mtpsl", "gradnorm", True, "mixed_float16")])
+def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stateful, precision):
+    """One-label, one epoch; under mixed_float16 GradNorm's weights (trained by
+    `variable_gradients`) stay finite, positive and bounded (a smoke test of the loss scaling:
+    Adam is nearly scale-invariant, so this does not prove the unscaling)."""
+    from mtpsl_tf.training.run import run
+
+    model_dir = tmp_path / "run"
+    report = run(tiny_config(tmp_path, model_dir, flags=TINY + [
+        f"--method={method}", f"--weighting={weighting}", "--setting=onelabel", "--epochs=1",
+        f"--precision={precision}"]))
+    assert np.isfinite(list(report["last"]["metrics"].values())).all()
+    _assert_logged(model_dir, steps_per_epoch=2, epochs=1, stateful=stateful)
+    if precision == "mixed_float16":
+        weights = _logged_weights(model_dir)
+        assert (weights > 0).all() and (weights < 10).all()
 
 
 @pytest.mark.parametrize("weighting", [pytest.param("dwa", marks=pytest.mark.slow), "pcgrad", "cagrad", "famo"])
@@ -106,16 +125,12 @@ def test_segnet_last_shared_kernel_is_the_last_decoder_conv():
     assert "conv_block_dec_0_0" in kernel.path and any(kernel is v for v in net.shared_trainable_variables())
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", pytest.param("famo", marks=pytest.mark.slow)])
-def test_weighting_trains_under_mixed_float16(tmp_path, weighting):
-    """Loss scaling: a weighting trained by the tape (uncertainty), by `variable_gradients`
-    (gradnorm) and by a group of its own (famo) trains with finite, positive weights (a smoke
-    test: Adam is nearly scale-invariant, so this does not prove the unscaling)."""
+@pytest.mark.slow
+def test_famo_trains_under_mixed_float16(tmp_path):
+    """FAMO's own variable group under loss scaling (uncertainty and gradnorm: above)."""
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "run"
-    run(tiny_config(tmp_path, model_dir, flags=TINY + [
-        f"--weighting={weighting}", "--epochs=1", "--precision=mixed_float16"]))
-    train = json.loads((model_dir / "history.json").read_text())[0]["train"]
-    weights = np.array([train[f"weight/{t}"] for t in TASKS])
+    run(tiny_config(tmp_path, model_dir, flags=TINY + ["--weighting=famo", "--epochs=1", "--precision=mixed_float16"]))
+    weights = _logged_weights(model_dir, 0)
     assert np.isfinite(weights).all() and (weights > 0).all() and (weights < 10).all()
