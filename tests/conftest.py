@@ -59,3 +59,15 @@ def _graph_optimizer_off():
 
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     yield
+
+
+# Files whose tests take minutes (subprocess clusters and training runs): scheduled first, so
+# that with `-n 2 --dist loadfile` no worker starts one of them while the other is nearly done
+# (longest first; the last run of the suite left one worker alone for ~3 minutes).
+_LONG_FIRST = ("test_multi_worker.py", "test_weightings_distributed_step.py", "test_weightings_train.py",
+               "test_pascal_pipeline.py", "test_baselines_mapping.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(_LONG_FIRST)))  # stable: the rest keep their order

@@ -89,6 +89,9 @@ def test_contrastive_trains_under_mixed_float16(tmp_path):
     assert any(n.startswith("optimizer_film/") for n in reader.get_variable_to_shape_map())
 
 
+# Slow (~35 s of CI): `python benchmarks/train_step.py --method=contrastive` compiles the whole step
+# with XLA (its default) at NYU-v2 size; `pytest -m slow` runs this one.
+@pytest.mark.slow
 def test_contrastive_step_compiles_under_xla(tmp_path):
     """The loss terms and the gradients of every variable group compile with jit_compile=True
     (one-label batch with an unlabelled image) and are finite."""

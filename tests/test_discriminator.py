@@ -117,6 +117,9 @@ def test_discriminator_trains_under_mixed_float16(tmp_path):
     assert any("kernel_1" in n and n.startswith("method_1/") for n in names), [n for n in names if "method_" in n]
 
 
+# Slow (~35 s of CI): `python benchmarks/train_step.py --method=discriminator` compiles the whole step
+# with XLA (its default) at NYU-v2 size; `pytest -m slow` runs this one.
+@pytest.mark.slow
 def test_discriminator_step_compiles_under_xla(tmp_path):
     """The loss terms and the gradients of every variable group compile with jit_compile=True
     (one-label batch with an unlabelled image) and are finite."""
