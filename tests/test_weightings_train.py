@@ -61,8 +61,8 @@ def _assert_same_state(straight, resumed):
 @pytest.mark.parametrize("weighting,epochs,precision", [("uncertainty", 2, "mixed_float16"), ("dwa", 3, "float32")])
 def test_weighting_trains_logs_and_resumes_exactly(tmp_path, weighting, epochs, precision):
     """`epochs` straight == `epochs - 1` then 1 more, one-label: the network, the weighting's
-    variables (with their optimiser state and, under mixed_float16, the loss scale) and the
-    logged weights (dwa's third-epoch weights need the restored epoch means)."""
+    variables (trained by their optimiser state; uncertainty under mixed_float16, i.e. with loss
+    scaling) and the logged weights (dwa's third-epoch weights need the restored epoch means)."""
     from mtpsl_tf.training.run import run
 
     flags = TINY + [f"--weighting={weighting}", "--setting=onelabel", f"--precision={precision}"]
