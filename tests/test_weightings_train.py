@@ -35,6 +35,11 @@ def _logged_weights(model_dir, epoch=-1):
     return np.array([train[f"weight/{t}"] for t in TASKS])
 
 
+def _assert_bounded(weights):
+    """Loss scaling left the weights finite, positive and bounded."""
+    assert np.isfinite(weights).all() and (weights > 0).all() and (weights < 10).all(), weights
+
+
 def _assert_logged(model_dir, steps_per_epoch, epochs, stateful):
     """Weights finite, some positive, in history.json per epoch and TensorBoard per step; the
     weighting's variables (log-variances, GradNorm's weights and first losses, DWA's epoch
@@ -76,8 +81,8 @@ def test_weighting_trains_logs_and_resumes_exactly(tmp_path, weighting, epochs, 
     weights = _logged_weights(straight)
     if weighting == "dwa":
         assert not np.allclose(weights, 1.0)  # the third epoch used loss-ratio weights
-    else:  # loss scaling: finite, positive, bounded weights in float16 compute
-        assert (weights > 0).all() and (weights < 10).all()
+    else:  # float16 compute
+        _assert_bounded(weights)
 
 
 @pytest.mark.parametrize("method,weighting,stateful,precision", [
@@ -97,8 +102,7 @@ def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stat
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
     _assert_logged(model_dir, steps_per_epoch=2, epochs=1, stateful=stateful)
     if precision == "mixed_float16":
-        weights = _logged_weights(model_dir)
-        assert (weights > 0).all() and (weights < 10).all()
+        _assert_bounded(_logged_weights(model_dir))
 
 
 @pytest.mark.parametrize("weighting", [pytest.param("dwa", marks=pytest.mark.slow), "pcgrad", "cagrad", "famo"])
@@ -132,5 +136,4 @@ def test_famo_trains_under_mixed_float16(tmp_path):
 
     model_dir = tmp_path / "run"
     run(tiny_config(tmp_path, model_dir, flags=TINY + ["--weighting=famo", "--epochs=1", "--precision=mixed_float16"]))
-    weights = _logged_weights(model_dir, 0)
-    assert np.isfinite(weights).all() and (weights > 0).all() and (weights < 10).all()
+    _assert_bounded(_logged_weights(model_dir, 0))
