@@ -47,7 +47,9 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = _field("segnet", "Backbone name (registry): segnet, segnet_mtan (MTAN), resnet18_aspp (PASCAL-Context).")
+    backbone: str = _field("segnet", "Backbone name (registry): segnet, segnet_mtan (MTAN), resnet18_aspp "
+                           "(PASCAL-Context), tiny (three convolutions: seconds-long smoke runs, not a "
+                           "network of the paper).")
     variant: str = _field("standard", "SegNet variant: standard, wide, deep (segnet_mtan: its shared SegNet).")
     filters: str = _field("", "Comma-separated 5 widths overriding the variant's (e.g. 16,32,64,128,128; "
                           "resnet18_aspp: stem,layer1..layer4, default 64,64,128,256,512).")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests_helpers import TINY, tiny_config
+from tests_helpers import SMOKE, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_run_refuses_bfc_host_allocator_it_cannot_apply(tmp_path, monkeypatch):
 
 def test_train_py_applies_both_host_memory_flags(tmp_path):
     model_dir = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--epochs=1", "--lean_host_memory",
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *SMOKE, "--epochs=1", "--lean_host_memory",
                              "--bfc_host_allocator", f"--data_dir={tmp_path / 'tfds'}", f"--model_dir={model_dir}"],
                             cwd=tmp_path, env=_env_without_bfc(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

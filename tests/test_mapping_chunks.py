@@ -98,6 +98,9 @@ def test_chunked_eagerly_and_with_recomputation(setup):
     _assert_same(_loss_and_grads(setup, 3, recompute=True), expected, 1e-5, 1e-5)
 
 
+# Slow (~50 s of CI): `python benchmarks/train_step.py --method=mtpsl --option=mapping_chunks=3` compiles
+# the chunked step with XLA (its default); `pytest -m slow` runs this comparison.
+@pytest.mark.slow
 def test_chunked_loss_compiles_under_xla(setup):
     """Against the one-call loss also under XLA: its float reassociation moves the first
     layer's gradients (sums over every pixel of an item-normalised map) by up to ~5e-3

@@ -12,7 +12,7 @@ from mtpsl_tf.errors import NonFiniteLossError
 from mtpsl_tf.methods.base import METHODS
 from mtpsl_tf.methods.supervised import SupervisedLearning
 from mtpsl_tf.options import option
-from tests_helpers import TINY, checkpoint_network_weights, tiny_config
+from tests_helpers import SMOKE, checkpoint_network_weights, tiny_config
 import dataclasses
 
 
@@ -46,7 +46,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
 
     # 8 images, batch 4: 2 steps per epoch; steps 1 and 3 (of 0..3) are poisoned.
     model_dir = tmp_path / "m"
-    run(tiny_config(tmp_path, model_dir, flags=TINY + ["--method=poisoned_sl", "--poison_every=2", "--epochs=2"]))
+    run(tiny_config(tmp_path, model_dir, flags=SMOKE + ["--method=poisoned_sl", "--poison_every=2", "--epochs=2"]))
     history = json.loads((model_dir / "history.json").read_text())
     assert [h["train"]["nonfinite_steps"] for h in history] == [1.0, 1.0]
     assert all(np.isfinite(h["train"]["total"]) for h in history)  # means over the applied steps
@@ -63,7 +63,7 @@ def test_a_skipped_step_changes_nothing(tmp_path):
     from mtpsl_tf.data import pipeline
     from mtpsl_tf.training.run import build, run, weights_trackable
 
-    config = tiny_config(tmp_path, tmp_path / "skip", flags=TINY + ["--method=poisoned_sl", "--epochs=1",
+    config = tiny_config(tmp_path, tmp_path / "skip", flags=SMOKE + ["--method=poisoned_sl", "--epochs=1",
                                                                     "--max_nonfinite_steps=5"])
     run(config)
     bundle = pipeline.load(config.data)
@@ -81,7 +81,7 @@ def test_too_many_in_a_row_stop_with_a_clear_error(tmp_path):
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "m"
-    config = tiny_config(tmp_path, model_dir, flags=TINY + ["--method=poisoned_sl", "--max_nonfinite_steps=2"])
+    config = tiny_config(tmp_path, model_dir, flags=SMOKE + ["--method=poisoned_sl", "--max_nonfinite_steps=2"])
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2: 2 consecutive steps .*--max_nonfinite_steps=2"):
         run(config)
     assert not model_dir.exists()  # failed before its first checkpoint: nothing left behind

@@ -44,6 +44,9 @@ def _statistics(network):
     return [v.numpy() for v in network.non_trainable_variables]
 
 
+# Slow (~40 s of CI): `python benchmarks/train_step.py --remat_backbone` compiles the recomputed SegNet
+# with XLA (its default); `pytest -m slow` runs this comparison.
+@pytest.mark.slow
 def test_recomputed_segnet_under_xla_gives_the_same_loss_gradients_and_statistics():
     """Both compiled with XLA (the step without XLA: the MTPSL step test below)."""
     jit_compile = True
@@ -80,6 +83,9 @@ def test_recomputed_mtpsl_step_gives_the_same_losses_and_gradients():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+# Slow (~22 s of CI): `python benchmarks/train_step.py --method=mtpsl --option=remat_mapping=true`
+# compiles it with XLA (its default); `pytest -m slow` runs this comparison.
+@pytest.mark.slow
 def test_recomputed_mapping_net_compiles_under_xla():
     """--remat_mapping under XLA: the consistency loss and its gradients equal the plain
     (uncompiled) ones up to XLA's float reassociation (~3e-5 of the largest gradient here)."""

@@ -11,7 +11,7 @@ import pytest
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from tests_helpers import TINY, tiny_config  # noqa: E402
+from tests_helpers import SMOKE, TINY, tiny_config  # noqa: E402
 
 
 def _weights(model_dir):
@@ -26,7 +26,7 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
     from mtpsl_tf.training.run import run
 
     straight = tmp_path / "straight"
-    report = run(tiny_config(tmp_path, straight, epochs=2, stl_reference=
+    report = run(tiny_config(tmp_path, straight, flags=SMOKE, epochs=2, stl_reference=
                              "semantic/miou=0.5,depth/abs_err=1.0,normal/mean=30", compare_delta_mtl="sl:-11.1"))
     for name in ("config.json", "metrics.json", "history.json", "checkpoints", "best", "logs"):
         assert (straight / name).exists(), name
@@ -43,8 +43,8 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
     assert not (straight / "logs" / "steps").exists()
 
     resumed = tmp_path / "resumed"
-    run(tiny_config(tmp_path, resumed, epochs=1))
-    run(tiny_config(tmp_path, resumed, epochs=2))
+    run(tiny_config(tmp_path, resumed, flags=SMOKE, epochs=1))
+    run(tiny_config(tmp_path, resumed, flags=SMOKE, epochs=2))
     history = json.loads((resumed / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     a, b = _weights(straight), _weights(resumed)
@@ -56,7 +56,7 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
 def test_stl_trains_one_head(tmp_path):
     from mtpsl_tf.training.run import run
 
-    report = run(tiny_config(tmp_path, tmp_path / "stl", epochs=1, method="stl", stl_task="depth"))
+    report = run(tiny_config(tmp_path, tmp_path / "stl", flags=SMOKE, epochs=1, method="stl", stl_task="depth"))
     assert set(report["last"]["metrics"]) == {"depth/abs_err", "depth/rel_err", "depth/rmse"}
 
 

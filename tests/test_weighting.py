@@ -14,7 +14,7 @@ from mtpsl_tf.options import option
 from mtpsl_tf.tasks.depth import Depth
 from mtpsl_tf.tasks.normal import Normal
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, WeightingFacts, weighted_total
-from tests_helpers import TINY, tiny_config
+from tests_helpers import SMOKE, TINY, tiny_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +72,14 @@ def test_toy_weighting_trains_through_the_train_py_path_and_its_option_counts(tm
     with pytest.raises(ValueError, match="--toy_scale"):
         tiny_config(tmp_path, tmp_path / "bad", flags=TINY + ["--weighting=toy_gradient_sum", "--toy_scale=0"])
     toy_dir = tmp_path / "toy"
-    report = run(tiny_config(tmp_path, toy_dir, flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1"]))
+    report = run(tiny_config(tmp_path, toy_dir, flags=SMOKE + ["--weighting=toy_gradient_sum", "--epochs=1"]))
     config = json.loads((toy_dir / "config.json").read_text())
     assert config["method"]["weighting"] == "toy_gradient_sum" and config["options"]["toy_scale"] == 1.0
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
     reader, a = _network_weights(toy_dir)
     saved = [n for n in reader.get_variable_to_shape_map() if n.startswith("weighting/")]
     assert saved and reader.get_tensor(saved[0]) == 1  # end_epoch ran once and was checkpointed
-    run(tiny_config(tmp_path, tmp_path / "b", flags=TINY + ["--weighting=toy_gradient_sum", "--epochs=1",
+    run(tiny_config(tmp_path, tmp_path / "b", flags=SMOKE + ["--weighting=toy_gradient_sum", "--epochs=1",
                                                            "--toy_scale=3"]))
     _, b = _network_weights(tmp_path / "b")
     assert any(not np.allclose(a[n], b[n]) for n in a)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests_helpers import TINY, tiny_config
+from tests_helpers import SMOKE, TINY, tiny_config
 
 TASKS = ("semantic", "depth", "normal")
 
@@ -70,7 +70,7 @@ def test_weighting_trains_logs_and_resumes_exactly(tmp_path, weighting, epochs, 
     scaling) and the logged weights (dwa's third-epoch weights need the restored epoch means)."""
     from mtpsl_tf.training.run import run
 
-    flags = TINY + [f"--weighting={weighting}", "--setting=onelabel", f"--precision={precision}"]
+    flags = SMOKE + [f"--weighting={weighting}", "--setting=onelabel", f"--precision={precision}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     report = run(tiny_config(tmp_path, straight, flags=flags + [f"--epochs={epochs}"]))
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
@@ -96,7 +96,8 @@ def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stat
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "run"
-    report = run(tiny_config(tmp_path, model_dir, flags=TINY + [
+    network = SMOKE if method == "sl" else TINY  # mtpsl's mapping net needs SegNet's encoder
+    report = run(tiny_config(tmp_path, model_dir, flags=network + [
         f"--method={method}", f"--weighting={weighting}", "--setting=onelabel", "--epochs=1",
         f"--precision={precision}"]))
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
@@ -110,7 +111,7 @@ def test_other_weightings_take_a_training_step(tmp_path, weighting):
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "run"
-    report = run(tiny_config(tmp_path, model_dir, flags=TINY + [
+    report = run(tiny_config(tmp_path, model_dir, flags=SMOKE + [
         f"--weighting={weighting}", "--setting=onelabel", "--epochs=1", "--steps_per_epoch=1"]))
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
     train = json.loads((model_dir / "history.json").read_text())[0]["train"]
@@ -135,5 +136,5 @@ def test_famo_trains_under_mixed_float16(tmp_path):
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "run"
-    run(tiny_config(tmp_path, model_dir, flags=TINY + ["--weighting=famo", "--epochs=1", "--precision=mixed_float16"]))
+    run(tiny_config(tmp_path, model_dir, flags=SMOKE + ["--weighting=famo", "--epochs=1", "--precision=mixed_float16"]))
     _assert_bounded(_logged_weights(model_dir, 0))

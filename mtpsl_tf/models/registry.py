@@ -8,6 +8,7 @@ BACKBONES: Registry = Registry("backbone", modules=(
     "mtpsl_tf.models.segnet",
     "mtpsl_tf.models.segnet_mtan",
     "mtpsl_tf.models.resnet",
+    "mtpsl_tf.models.tiny",
 ))
 
 # Inference-only layer forms the exporter traces the LiteRT formats with (one line per module):

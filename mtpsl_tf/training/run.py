@@ -253,7 +253,7 @@ def _train(config: ExperimentConfig, strategy, model_dir: str, out_dir: str) -> 
                   validation_data=test_ds, validation_freq=_eval_epochs(config, initial_epoch),
                   callbacks=callbacks, verbose=config.train.verbose)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, epochs, time.time() - start)
-    return _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir)
+    return _final_report(config, model, ckpt, os.path.join(model_dir, "best"), test_ds, tasks, reference, out_dir)
 
 
 def _log_devices(strategy: tf.distribute.Strategy, name: str) -> None:
@@ -285,8 +285,14 @@ def _truncate_history(model_dir: str, epoch: int) -> None:
         callbacks_lib.write_json_atomic(path, kept)
 
 
-def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, out_dir) -> Dict[str, object]:
-    """Evaluates the last and the best model; writes metrics.json atomically."""
+def _final_report(config, model, ckpt, best_dir, test_ds, tasks, reference, out_dir) -> Dict[str, object]:
+    """Evaluates the last and the best model; writes metrics.json atomically.
+
+    The best model is read from `best_dir`, the CHIEF's directory, on every worker: a worker
+    writes to a temporary directory of its own that, after a restart, lacks the best
+    checkpoint of an earlier attempt, and every worker must take part in the same
+    evaluations with the same weights (the chief's best was written before the last
+    evaluation, which every worker joins, ended)."""
     last = _evaluate(model, test_ds)
     # "training": streaming metrics at the network's input size (docs/EVALUATION.md).
     report = {"protocol": "training", "dataset": config.data.dataset, "setting": config.data.setting,
@@ -294,12 +300,13 @@ def _final_report(config, model, ckpt, best_manager, test_ds, tasks, reference, 
               "epochs": int(ckpt.epoch.numpy()), "stl_reference": reference,
               "compare_delta_mtl": config.compare_delta_mtl_values(),
               "last": {"metrics": last, "delta_mtl": delta_lib.compute(last, tasks, reference)}}
-    if best_manager.latest_checkpoint:
+    best_path = tf.train.latest_checkpoint(best_dir)
+    if best_path:
         epoch_now = int(ckpt.epoch.numpy())
         best_state = tf.train.Checkpoint(network=weights_trackable(model.network))
-        best_state.restore(best_manager.latest_checkpoint).expect_partial()
+        best_state.restore(best_path).expect_partial()
         best = _evaluate(model, test_ds)
-        best_epoch = int(best_manager.latest_checkpoint.rsplit("-", 1)[-1])
+        best_epoch = int(best_path.rsplit("-", 1)[-1])
         report["best"] = {"epoch": best_epoch, "metrics": best, "delta_mtl": delta_lib.compute(best, tasks, reference)}
         ckpt.epoch.assign(epoch_now)
     path = os.path.join(out_dir, "metrics.json")
