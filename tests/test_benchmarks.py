@@ -101,6 +101,7 @@ def test_train_step_benchmark():
     assert 0 < report["rss_before_step_mb"] <= report["peak_rss_mb"]
 
 
+@pytest.mark.slow  # CI time (~45 s); `pytest -m slow` runs it (the benchmark script itself is the check)
 def test_inference_benchmark_rows_per_format_and_switches():
     report = _run("inference.py", "--setups=nyuv2:32x64", "--filters=4,4,8,8,8", "--formats=keras,tflite",
                   "--litert_switches=arithmetic,compare", "--warmup=0", "--runs=1")

@@ -92,7 +92,9 @@ def _gradients(tmp_path, weighting, method="sl"):
     from mtpsl_tf.data import pipeline
     from mtpsl_tf.training.run import build
 
-    config = tiny_config(tmp_path, tmp_path / weighting, method=method, weighting=weighting)
+    # the tiny backbone where the method allows it (mtpsl's mapping net needs SegNet's encoder)
+    backbone = "tiny" if method == "sl" else "segnet"
+    config = tiny_config(tmp_path, tmp_path / weighting, method=method, weighting=weighting, backbone=backbone)
     bundle = pipeline.load(config.data)
     keras.utils.set_random_seed(0)
     model = build(config, bundle.tasks, bundle.height, bundle.width, 2, bundle.label_masks)
