@@ -111,6 +111,19 @@ def test_unknown_flag_in_flagfile(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_delta_mtl_is_none_when_a_primary_metric_is_undefined():
+    from mtpsl_tf.data.registry import DATASETS
+    from mtpsl_tf.training.delta import compute
+
+    tasks = DATASETS.get("synthetic").tasks()
+    reference = {"semantic/miou": 0.5, "depth/abs_err": 1.0, "normal/mean": 30.0}
+    results = {"semantic/miou": 0.5, "depth/abs_err": 2.0, "normal/mean": 30.0}
+    # (0 - 100 + 0) / 3: depth's error doubled
+    assert compute(results, tasks, reference) == pytest.approx(-100.0 / 3)
+    assert compute({**results, "normal/mean": None}, tasks, reference) is None  # a NaN metric
+    assert compute(results, tasks, None) is None
+
+
 def test_compare_delta_mtl_lines():
     from mtpsl_tf.training.delta import comparison_lines
 

@@ -1,8 +1,8 @@
 """A three-convolution encoder-decoder for seconds-long smoke runs (`--backbone=tiny`).
 
-Not a network of the paper: it exercises the whole training machinery (data, methods, loss
-weightings, checkpoints, resume, distribution, export) with ~10 % of SegNet's layers, so a
-run's graph traces in a fraction of the time. Use it to check a new dataset, task or flagfile
+Not a network of the paper: it exercises the training machinery (data, methods without a
+mapping net, loss weightings, checkpoints, resume, distribution) with ~10 % of SegNet's
+layers, so a run's graph traces in about a third of the time. Use it to check a new dataset, task or flagfile
 before a real run; the test suite uses it wherever a test is about the machinery rather than
 a particular network.
 """

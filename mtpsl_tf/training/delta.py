@@ -22,11 +22,14 @@ def resolve_reference(tasks: Sequence[Task], defaults: Mapping[str, float],
     return {k: float(merged[k]) for k in keys}
 
 
-def compute(results: Mapping[str, float], tasks: Sequence[Task],
+def compute(results: Mapping[str, Optional[float]], tasks: Sequence[Task],
             reference: Optional[Mapping[str, float]]) -> Optional[float]:
-    if reference is None:
-        return None
+    """Delta-MTL (percent) of `results` against `reference`; None without a reference or when a
+    task's primary metric is undefined (None: a NaN metric, e.g. the normal head's
+    epsilon-free normalisation of a zero vector)."""
     directions = primary_directions(tasks)
+    if reference is None or any(results.get(k) is None for k in directions):
+        return None
     return float(delta_mtl({k: float(results[k]) for k in directions}, reference, directions))
 
 
