@@ -64,7 +64,7 @@ def test_config_round_trip_gives_the_same_outputs(net):
     ({"heads": {}}, "at least one task head"),
 ])
 def test_refused_arguments_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+    with pytest.raises(ValueError, match=message):
         BACKBONES.get("tiny")(**{"heads": HEADS, **kwargs})
 
 

@@ -14,7 +14,7 @@ from mtpsl_tf.options import option
 from mtpsl_tf.tasks.depth import Depth
 from mtpsl_tf.tasks.normal import Normal
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, WeightingFacts, weighted_total
-from tests_helpers import SMOKE, TINY, tiny_config
+from tests_helpers import SMOKE, TINY, flags_for, tiny_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +92,7 @@ def _gradients(tmp_path, weighting, method="sl"):
     from mtpsl_tf.data import pipeline
     from mtpsl_tf.training.run import build
 
-    # the tiny backbone where the method allows it (mtpsl's mapping net needs SegNet's encoder)
-    backbone = "tiny" if method == "sl" else "segnet"
-    config = tiny_config(tmp_path, tmp_path / weighting, method=method, weighting=weighting, backbone=backbone)
+    config = tiny_config(tmp_path, tmp_path / weighting, flags=flags_for(method), method=method, weighting=weighting)
     bundle = pipeline.load(config.data)
     keras.utils.set_random_seed(0)
     model = build(config, bundle.tasks, bundle.height, bundle.width, 2, bundle.label_masks)

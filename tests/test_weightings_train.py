@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests_helpers import SMOKE, TINY, tiny_config
+from tests_helpers import SMOKE, flags_for, tiny_config
 
 TASKS = ("semantic", "depth", "normal")
 
@@ -96,8 +96,7 @@ def test_weighting_trains_and_logs_its_weights(tmp_path, method, weighting, stat
     from mtpsl_tf.training.run import run
 
     model_dir = tmp_path / "run"
-    network = SMOKE if method == "sl" else TINY  # mtpsl's mapping net needs SegNet's encoder
-    report = run(tiny_config(tmp_path, model_dir, flags=network + [
+    report = run(tiny_config(tmp_path, model_dir, flags=flags_for(method) + [
         f"--method={method}", f"--weighting={weighting}", "--setting=onelabel", "--epochs=1",
         f"--precision={precision}"]))
     assert np.isfinite(list(report["last"]["metrics"].values())).all()

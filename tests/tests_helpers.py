@@ -14,6 +14,12 @@ TINY = ["--dataset=synthetic", "--dataset_config=small", "--height=32", "--width
 SMOKE = TINY + ["--backbone=tiny"]
 
 
+def flags_for(method: str) -> list:
+    """SMOKE, or TINY (SegNet) for `mtpsl`, whose mapping net needs SegNet's encoder (the tiny
+    backbone has no mapping encoder)."""
+    return TINY if method == "mtpsl" else SMOKE
+
+
 def tiny_config(tmp_path, model_dir, flags=TINY, **overrides) -> ExperimentConfig:
     """A validated config for a seconds-long synthetic run from the flag lines `flags`
     (written to `tmp_path/tiny.flags`; TFDS data in `tmp_path/tfds`); overrides name any
