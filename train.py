@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from absl import app, flags  # noqa: E402
 
-from mtpsl_tf.cli import RUN_ERRORS, USER_ERRORS, error_message, quiet_library_logs  # noqa: E402
+from mtpsl_tf.cli import RUN_ERRORS, USER_ERRORS, error_message, metric_text, quiet_library_logs  # noqa: E402
 from mtpsl_tf.flags import config_from_flags, define_flags  # noqa: E402
 
 define_flags()
@@ -68,7 +68,7 @@ def _print_summary(report):
             label = f"{name} (epoch {part['epoch']})" if "epoch" in part else name
             print(f"{label}: Delta-MTL = {'n/a' if delta is None else f'{delta:+.2f}%'}")
             for key, value in sorted(part["metrics"].items()):
-                print(f"  {key:28s} {value:.4f}")
+                print(f"  {key:28s} {metric_text(value)}")
     if "last" in report:
         for line in comparison_lines(report["method"], report["last"]["delta_mtl"], report.get("compare_delta_mtl", {})):
             print(line)

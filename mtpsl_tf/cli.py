@@ -26,3 +26,9 @@ def quiet_library_logs() -> None:
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("absl").addFilter(lambda record: "FeatureConnector.dtype" not in record.getMessage())
+
+
+def metric_text(value) -> str:
+    """A metric for a summary line: 4 decimals, or "undefined" for None (a NaN metric in
+    metrics.json / history.json)."""
+    return "undefined" if value is None else f"{value:.4f}"

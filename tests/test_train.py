@@ -124,6 +124,25 @@ def test_delta_mtl_is_none_when_a_primary_metric_is_undefined():
     assert compute(results, tasks, None) is None
 
 
+def test_undefined_test_metric_is_none_in_the_report(tmp_path):
+    """A NaN test metric is None in metrics.json (valid JSON, as history.json does) and reads
+    "undefined" in train.py's summary."""
+    from mtpsl_tf.cli import metric_text
+    from mtpsl_tf.training import callbacks, run
+
+    class Evaluates:  # the one method _evaluate calls
+        def evaluate(self, dataset, verbose, return_dict):
+            return {"normal/mean": np.float32("nan"), "depth/abs_err": np.array([0.25]), "loss": 1.0}
+
+    metrics = run._evaluate(Evaluates(), test_ds=None)
+    assert metrics == {"normal/mean": None, "depth/abs_err": 0.25}  # "loss" is no test metric
+    path = tmp_path / "metrics.json"
+    callbacks.write_json_atomic(str(path), {"last": {"metrics": metrics}})
+    assert "NaN" not in path.read_text()
+    assert json.loads(path.read_text())["last"]["metrics"]["normal/mean"] is None
+    assert (metric_text(None), metric_text(0.25)) == ("undefined", "0.2500")
+
+
 def test_compare_delta_mtl_lines():
     from mtpsl_tf.training.delta import comparison_lines
 

@@ -39,13 +39,15 @@ def scalar(value) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
-def _clean(logs: Dict[str, object], prefix: str) -> Dict[str, float]:
-    out = {}
-    for key, value in logs.items():
-        if key.startswith(prefix):
-            number = scalar(value)
-            out[key[len(prefix):]] = None if math.isnan(number) else number
-    return out
+def defined(value) -> Optional[float]:
+    """A log value as a float, or None when it is NaN (an undefined metric, e.g. the mean
+    angle of a zero normal vector): JSON has no NaN, and None reads as "undefined"."""
+    number = scalar(value)
+    return None if math.isnan(number) else number
+
+
+def _clean(logs: Dict[str, object], prefix: str) -> Dict[str, Optional[float]]:
+    return {key[len(prefix):]: defined(value) for key, value in logs.items() if key.startswith(prefix)}
 
 
 class EpochEnd(keras.callbacks.Callback):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 import types
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -315,6 +315,7 @@ def _final_report(config, model, ckpt, best_dir, test_ds, tasks, reference, out_
     return report
 
 
-def _evaluate(model: MultiTaskModel, test_ds) -> Dict[str, float]:
+def _evaluate(model: MultiTaskModel, test_ds) -> Dict[str, Optional[float]]:
+    """Test metrics keyed "task/metric"; an undefined (NaN) metric is None, as in history.json."""
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
-    return {k: callbacks_lib.scalar(v) for k, v in results.items() if "/" in k}
+    return {k: callbacks_lib.defined(v) for k, v in results.items() if "/" in k}
