@@ -130,6 +130,10 @@ def aggregate(rows, keys):
         n = len(runs)
         for key in keys:
             values = [r[key] for r in runs]
+            if None in values:  # an undefined (NaN) metric of one seed leaves the statistic undefined
+                for stat in out.values():
+                    stat.setdefault(method, {})[key] = None
+                continue
             std = statistics.stdev(values) if n > 1 else 0.0
             out["mean"].setdefault(method, {})[key] = statistics.mean(values)
             out["std"].setdefault(method, {})[key] = std
@@ -142,6 +146,9 @@ def check_orders(summary, orders, num_se):
     results = []
     for better, worse in orders:
         mean, se = summary["mean"], summary["se"]
+        if mean[better]["delta_mtl"] is None or mean[worse]["delta_mtl"] is None:
+            results.append((False, f"FAIL {better}>{worse}: a run's Delta-MTL is undefined (an undefined metric)"))
+            continue
         diff = mean[better]["delta_mtl"] - mean[worse]["delta_mtl"]
         se_diff = math.hypot(se[better]["delta_mtl"], se[worse]["delta_mtl"])
         passed = diff > num_se * se_diff
@@ -155,10 +162,17 @@ def table(summary, rows, keys):
     lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|",
              "| STL (seed 0) | " + " | ".join(f"{reference[k]:.4f}" for k in reference) + " | 0 |"]
     for m, runs in rows.items():
-        cells = [f"{summary['mean'][m][k]:.4f} ± {summary['std'][m][k]:.4f} (se {summary['se'][m][k]:.4f}; "
-                 + ", ".join(f"{r[k]:.4f}" for r in runs) + ")" for k in keys]
+        cells = [_cell(summary, m, k, runs) for k in keys]
         lines.append(f"| {m} ({len(runs)} seeds) | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(summary, method, key, runs):
+    values = ", ".join("undefined" if r[key] is None else f"{r[key]:.4f}" for r in runs)
+    if summary["mean"][method][key] is None:
+        return f"undefined ({values})"
+    return (f"{summary['mean'][method][key]:.4f} ± {summary['std'][method][key]:.4f} "
+            f"(se {summary['se'][method][key]:.4f}; {values})")
 
 
 def train_stl_and_methods(slots: "queue.Queue"):
@@ -168,6 +182,10 @@ def train_stl_and_methods(slots: "queue.Queue"):
                      for task in PRIMARY}, slots)
     reference = {f"{task}/{metric}": stl[task]["last"]["metrics"][f"{task}/{metric}"]
                  for task, (metric, _) in PRIMARY.items()}
+    undefined = [key for key, value in reference.items() if value is None]
+    if undefined:
+        raise ValueError(f"the STL runs in {FLAGS.out}/stl_* left {', '.join(undefined)} undefined (NaN): "
+                         "no Delta-MTL reference; rerun them")
     ref_flag = ",".join(f"{k}={v}" for k, v in reference.items())
     reports = train_all({(method, seed): (os.path.join(FLAGS.out, f"{method}_seed{seed}"),
                                           (*method_flags(method, FLAGS.method_flag), f"--seed={seed}", f"--stl_reference={ref_flag}"))
@@ -193,6 +211,9 @@ def main(argv):
     except subprocess.CalledProcessError as err:
         print(f"error: a run failed (exit status {err.returncode}; its output is above): {' '.join(err.cmd)}",
               file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     rows = {}
     for (method, _), report in reports.items():

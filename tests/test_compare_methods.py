@@ -118,3 +118,28 @@ def test_a_failed_run_is_named_and_the_exit_status_is_1(finished):
     assert result.returncode == 1
     assert "error: a run failed (exit status" in result.stderr and "sl_seed3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_undefined_metric_leaves_its_statistics_undefined(finished):
+    """A run with a NaN metric (None in metrics.json) makes its method's mean undefined, not a
+    crash after hours of training; a bar on it fails."""
+    run = finished / "mtpsl_seed1"
+    metrics = json.loads((run / "metrics.json").read_text())["last"]["metrics"]
+    (run / "metrics.json").write_text(json.dumps({"last": {"metrics": {**metrics, "normal/mean": None},
+                                                          "delta_mtl": None}}))
+    result = _compare(finished, "--check_order=mtpsl>sl")
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["mean"]["mtpsl"]["delta_mtl"] is None and summary["se"]["mtpsl"]["normal/mean"] is None
+    assert summary["mean"]["mtpsl"]["depth/abs_err"] == pytest.approx(STL["depth/abs_err"] + 1)
+    assert summary["mean"]["sl"]["delta_mtl"] == pytest.approx(-12.0)
+    assert "undefined (-6.0000, undefined, -7.0000)" in result.stdout
+    assert "FAIL mtpsl>sl: a run's Delta-MTL is undefined" in result.stdout
+
+
+def test_an_undefined_stl_metric_is_named(finished):
+    (finished / "stl_normal" / "metrics.json").write_text(json.dumps(
+        {"last": {"metrics": {**STL, "normal/mean": None}, "delta_mtl": 0.0}}))
+    result = _compare(finished)
+    assert result.returncode == 1
+    assert "normal/mean undefined" in result.stderr and "stl_" in result.stderr
