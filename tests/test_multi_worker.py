@@ -27,7 +27,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import multi_worker_local  # noqa: E402
-from tests_helpers import SMOKE, checkpoint_network_weights  # noqa: E402
+from tests_helpers import SMOKE, checkpoint_variables  # noqa: E402
 
 MIRRORED = textwrap.dedent("""
     import sys
@@ -66,7 +66,7 @@ def _assert_same_run(model_dir, reference_dir):
     for got, want in zip(history, want_history):
         for key, value in want["train"].items():
             assert got["train"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
-    ours, want = checkpoint_network_weights(model_dir), checkpoint_network_weights(reference_dir)
+    ours, want = checkpoint_variables(model_dir), checkpoint_variables(reference_dir)
     assert ours.keys() == want.keys() and ours
     for name in ours:
         np.testing.assert_allclose(ours[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

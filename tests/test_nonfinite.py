@@ -12,7 +12,7 @@ from mtpsl_tf.errors import NonFiniteLossError
 from mtpsl_tf.methods.base import METHODS
 from mtpsl_tf.methods.supervised import SupervisedLearning
 from mtpsl_tf.options import option
-from tests_helpers import SMOKE, checkpoint_network_weights, tiny_config
+from tests_helpers import SMOKE, checkpoint_variables, tiny_config
 import dataclasses
 
 
@@ -50,7 +50,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     history = json.loads((model_dir / "history.json").read_text())
     assert [h["train"]["nonfinite_steps"] for h in history] == [1.0, 1.0]
     assert all(np.isfinite(h["train"]["total"]) for h in history)  # means over the applied steps
-    weights = checkpoint_network_weights(model_dir)
+    weights = checkpoint_variables(model_dir)
     assert all(np.isfinite(w).all() for w in weights.values())
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
     iterations = [n for n in reader.get_variable_to_shape_map() if n.startswith("optimizer_main/") and "iteration" in n]

@@ -11,15 +11,7 @@ import pytest
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from tests_helpers import SMOKE, TINY, tiny_config  # noqa: E402
-
-
-def _weights(model_dir):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/") and "OPTIMIZER" not in n)
-    return {n: reader.get_tensor(n) for n in names}
+from tests_helpers import SMOKE, TINY, checkpoint_variables, tiny_config  # noqa: E402
 
 
 def test_run_writes_outputs_and_resumes_exactly(tmp_path):
@@ -47,7 +39,7 @@ def test_run_writes_outputs_and_resumes_exactly(tmp_path):
     run(tiny_config(tmp_path, resumed, flags=SMOKE, epochs=2))
     history = json.loads((resumed / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    a, b = _weights(straight), _weights(resumed)
+    a, b = (checkpoint_variables(d, optimizer_slots=False) for d in (straight, resumed))
     assert a.keys() == b.keys() and a
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)

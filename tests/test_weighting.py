@@ -14,7 +14,7 @@ from mtpsl_tf.options import option
 from mtpsl_tf.tasks.depth import Depth
 from mtpsl_tf.tasks.normal import Normal
 from mtpsl_tf.weighting.base import SHARED_PARAMETERS, WEIGHTINGS, LossWeighting, WeightingFacts, weighted_total
-from tests_helpers import SMOKE, TINY, flags_for, tiny_config
+from tests_helpers import SMOKE, TINY, checkpoint_variables, flags_for, tiny_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +57,6 @@ class ToyGradientSum(LossWeighting):
         self.last_means = dict(mean_losses)
 
 
-def _network_weights(model_dir):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/") and "OPTIMIZER" not in n)
-    return reader, {n: reader.get_tensor(n) for n in names}
-
-
 def test_toy_weighting_trains_through_the_train_py_path_and_its_option_counts(tmp_path):
     """A registered weighting trains through run(): its option reaches the config, its epoch
     hook's state is checkpointed (restoring weighting state on resume: the dwa and uncertainty
@@ -76,12 +70,12 @@ def test_toy_weighting_trains_through_the_train_py_path_and_its_option_counts(tm
     config = json.loads((toy_dir / "config.json").read_text())
     assert config["method"]["weighting"] == "toy_gradient_sum" and config["options"]["toy_scale"] == 1.0
     assert np.isfinite(list(report["last"]["metrics"].values())).all()
-    reader, a = _network_weights(toy_dir)
-    saved = [n for n in reader.get_variable_to_shape_map() if n.startswith("weighting/")]
-    assert saved and reader.get_tensor(saved[0]) == 1  # end_epoch ran once and was checkpointed
+    a = checkpoint_variables(toy_dir, optimizer_slots=False)
+    saved = checkpoint_variables(toy_dir, "weighting/")
+    assert list(saved.values()) == [1]  # end_epoch ran once and was checkpointed
     run(tiny_config(tmp_path, tmp_path / "b", flags=SMOKE + ["--weighting=toy_gradient_sum", "--epochs=1",
                                                            "--toy_scale=3"]))
-    _, b = _network_weights(tmp_path / "b")
+    b = checkpoint_variables(tmp_path / "b", optimizer_slots=False)
     assert any(not np.allclose(a[n], b[n]) for n in a)
 
 

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests_helpers import SMOKE, flags_for, tiny_config
+from tests_helpers import SMOKE, checkpoint_variables, flags_for, tiny_config
 
 TASKS = ("semantic", "depth", "normal")
-
-
-def _checkpoint(model_dir, prefix):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith(prefix) and "OPTIMIZER" not in n)
-    return {n: reader.get_tensor(n) for n in names}
 
 
 def _step_scalars(model_dir):
@@ -51,12 +45,12 @@ def _assert_logged(model_dir, steps_per_epoch, epochs, stateful):
     steps = _step_scalars(model_dir)
     assert {f"weight/{t}" for t in TASKS} <= set(steps)
     assert len(steps["weight/depth"]) == steps_per_epoch * epochs  # a value per step
-    assert bool(_checkpoint(model_dir, "weighting/")) == stateful
+    assert bool(checkpoint_variables(model_dir, "weighting/", optimizer_slots=False)) == stateful
 
 
 def _assert_same_state(straight, resumed):
     for prefix in ("network/", "weighting/"):
-        a, b = _checkpoint(straight, prefix), _checkpoint(resumed, prefix)
+        a, b = (checkpoint_variables(d, prefix, optimizer_slots=False) for d in (straight, resumed))
         assert a.keys() == b.keys() and a
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)

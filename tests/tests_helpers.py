@@ -36,14 +36,16 @@ def tiny_config(tmp_path, model_dir, flags=TINY, **overrides) -> ExperimentConfi
     return config.validate()
 
 
-def checkpoint_network_weights(model_dir) -> dict:
-    """The network's variables in a model directory's latest checkpoint: name -> array."""
+def checkpoint_variables(model_dir, prefix: str = "network/", optimizer_slots: bool = True) -> dict:
+    """The variables under `prefix` in a model directory's latest checkpoint: name -> array
+    (with or without the optimiser's slots for them)."""
     import os
 
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(str(model_dir), "checkpoints")))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("network/"))
+    names = sorted(n for n in reader.get_variable_to_shape_map()
+                   if n.startswith(prefix) and (optimizer_slots or "OPTIMIZER" not in n))
     return {n: reader.get_tensor(n) for n in names}
 
 
