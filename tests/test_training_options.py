@@ -91,7 +91,6 @@ def test_training_flag_validation(tmp_path):
 
 
 def test_segnet_rejects_pretrained():
-    from mtpsl_tf.models import segnet  # noqa: F401  (registers the backbone)
     from mtpsl_tf.models.registry import BACKBONES
 
     with pytest.raises(ValueError, match="--pretrained='w.pth'.*from scratch"):
