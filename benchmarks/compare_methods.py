@@ -124,7 +124,8 @@ def parse_orders(specs, methods):
 
 def aggregate(rows, keys):
     """rows: method -> [per-seed dict] -> {mean, std, se}: method -> key -> value. std is the
-    sample std (0 for one seed); se = std / sqrt(number of seeds)."""
+    sample std (0 for one seed); se = std / sqrt(number of seeds); all three are None for a key
+    that is None (undefined) in any seed."""
     out = {"mean": {}, "std": {}, "se": {}}
     for method, runs in rows.items():
         n = len(runs)
